@@ -1,0 +1,120 @@
+"""What every method shares: the ``Method`` interface, the registry, and small helpers to find and replace linears.
+
+A method is a dataclass whose fields are its keyword arguments (with the paper's defaults), so
+``METHODS["hta"](rank=1, dropout=0.1)`` validates names and ``dataclasses.asdict`` records them in ``results.json``.
+``create_model`` freezes the whole backbone, creates the head (trainable), then calls ``install``: a method adds its
+modules to the hook points of ``models.vit`` and marks exactly its own extra trainable tensors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "replace_linear", "DeltaLinear",
+           "merged_linear", "check_targets"]
+
+METHODS: dict[str, type["Method"]] = {}
+
+# Linear layers of a block that weight-delta methods may target, and where they live in ``Block``.
+LINEAR_NAMES = ("q", "k", "v", "proj", "fc1", "fc2")
+_OWNER = {"q": "attn", "k": "attn", "v": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp"}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: add a method to ``METHODS`` under ``cls.name``."""
+    if cls.name in METHODS:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclasses.dataclass
+class Method:
+    """Base class. Subclasses are dataclasses; their fields are the method's keyword arguments."""
+
+    name: ClassVar[str] = ""
+    head_init: ClassVar[str] = "trunc_normal"  # 'zeros' where the paper's code zero-initialises the head
+    mergeable: ClassVar[bool] = True
+
+    def install(self, model: nn.Module) -> None:
+        """Add the method's modules to ``model`` and make its tensors trainable. Backbone is frozen, head trainable."""
+
+    def merge(self, model: nn.Module) -> None:
+        """Fold the method into the plain ViT in place (eval-mode function unchanged), removing its modules."""
+        raise ValueError(f"method {self.name!r} cannot be merged into a plain ViT")
+
+    def config(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def check_targets(targets, allowed=LINEAR_NAMES) -> tuple[str, ...]:
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    bad = [t for t in targets if t not in allowed]
+    if bad or not targets:
+        raise ValueError(f"targets {targets!r}: each must be one of {', '.join(allowed)}")
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"targets {targets!r} names a layer twice")
+    return targets
+
+
+def iter_linears(model: nn.Module, targets) -> Iterator[tuple[int, nn.Module, str, nn.Module]]:
+    """Yield ``(block_index, owner_module, attr_name, layer)`` for each targeted linear of every block."""
+    for i, blk in enumerate(model.blocks):
+        for t in targets:
+            owner = getattr(blk, _OWNER[t])
+            yield i, owner, t, getattr(owner, t)
+
+
+def replace_linear(owner: nn.Module, name: str, new: nn.Module) -> None:
+    setattr(owner, name, new)
+
+
+class DeltaLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a learned additive branch: ``y = base(x) + branch(x)``.
+
+    Subclasses implement ``branch(x)`` and ``delta_weight()`` (the eval-mode branch as a weight in ``nn.Linear``
+    layout (out, in)). ``merge`` turns the layer back into one ``nn.Linear``.
+    """
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # the frozen weight, so code that reads ``layer.weight`` keeps working
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.branch(x)
+
+    def merged(self) -> nn.Linear:
+        return merged_linear(self.base, self.delta_weight())
+
+
+@torch.no_grad()
+def merged_linear(base: nn.Linear, delta: torch.Tensor, bias_delta: torch.Tensor | None = None) -> nn.Linear:
+    """A new frozen ``nn.Linear`` with weight ``W + delta`` (added in fp32, cast back) and bias ``b + bias_delta``."""
+    out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None or bias_delta is not None,
+                    device=base.weight.device, dtype=base.weight.dtype)
+    out.weight.copy_((base.weight.float() + delta.float()).to(base.weight.dtype))
+    if out.bias is not None:
+        b = base.bias.float() if base.bias is not None else torch.zeros(base.out_features, device=out.bias.device)
+        if bias_delta is not None:
+            b = b + bias_delta.float()
+        out.bias.copy_(b.to(out.bias.dtype))
+    out.requires_grad_(False)
+    return out
