@@ -1,7 +1,13 @@
-"""Method registry: importing this package registers every method file in ``METHODS`` (name -> Method class).
+"""Method registry: importing this package imports every module in this folder, and each ``@register``-ed
+``Method`` subclass lands in ``METHODS`` (name -> class).
 
-Adding a method = one new file here that defines a ``@register``-ed ``Method`` subclass, plus its import below.
+Adding a method = one new file here defining a ``@register``-ed dataclass subclass of ``Method``.
 """
+import importlib
+import pkgutil
+
 from .base import METHODS, Method, register  # noqa: F401
 
-from . import simple  # noqa: F401,E402  (full, linear, bitfit)
+for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _mod != "base":
+        importlib.import_module(f"{__name__}.{_mod}")
