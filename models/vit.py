@@ -165,7 +165,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows linearly with depth
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth grows linearly with depth
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, dpr[i], drop_rate) for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.norm_hook = nn.Identity()
