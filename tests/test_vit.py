@@ -1,0 +1,84 @@
+"""The shared ViT and the public models API (create_model / count_parameters / merge) independent of any method."""
+import pytest
+import timm
+import torch
+
+import models
+from models.vit import ARCHS
+
+
+def _timm_to_ours(sd):
+    out = {}
+    for k, v in sd.items():
+        if ".attn.qkv." in k:
+            for name, part in zip("qkv", v.chunk(3, dim=0)):
+                out[k.replace(".qkv.", f".{name}.")] = part
+        else:
+            out[k] = v
+    return out
+
+
+def test_forward_equals_timm_vit_with_same_weights():
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=5).eval()
+    ours = models.create_model("vit_tiny_patch16_224", "full", num_classes=5, img_size=32).eval()
+    ours.load_state_dict(_timm_to_ours(ref.state_dict()), strict=True)
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,width,depth,tokens", [
+    ("vit_base_patch16_224", 768, 12, 197), ("vit_large_patch16_224", 1024, 24, 197),
+    ("vit_huge_patch14_224", 1280, 32, 257)])
+def test_arch_shapes_on_meta(arch, width, depth, tokens):
+    with torch.device("meta"):
+        m = models.create_model(arch, "full", num_classes=10)
+    assert m.pos_embed.shape == (1, tokens, width) and len(m.blocks) == depth
+    assert m.blocks[0].attn.q.weight.shape == (width, width)
+
+
+def test_vit_b16_backbone_size_matches_spec():
+    # baselines.md "Common frame": 85,798,656 backbone parameters (+ head 769·C).
+    with torch.device("meta"):
+        m = models.create_model("vit_base_patch16_224", "full", num_classes=100)
+    assert models.count_parameters(m, head=False) == 85_798_656
+    assert models.count_parameters(m) == 85_798_656 + 769 * 100
+
+
+def test_linear_probe_trains_only_the_head_and_bitfit_count():
+    with torch.device("meta"):
+        lin = models.create_model("vit_base_patch16_224", "linear", num_classes=37)
+        bit = models.create_model("vit_base_patch16_224", "bitfit", num_classes=37)
+    assert models.count_parameters(lin, head=False) == 0 and models.count_parameters(lin) == 769 * 37
+    assert models.count_parameters(bit, head=False) == 102_912  # baselines.md §3
+
+
+def test_hooks_are_identity_until_used_and_any_img_size_works():
+    m = models.create_model("vit_micro_patch8", "linear", num_classes=4, img_size=48)
+    assert all(isinstance(b.attn_in, torch.nn.Identity) and b.attn.qkv_branch is None for b in m.blocks)
+    assert m(torch.randn(2, 3, 48, 48)).shape == (2, 4)
+    with pytest.raises(ValueError, match="48 px"):
+        m(torch.randn(2, 3, 32, 32))
+
+
+def test_unknown_names_and_bad_method_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="unknown arch 'vit_base_patch16'.*vit_base_patch16_224"):
+        models.create_model("vit_base_patch16", "full")
+    with pytest.raises(ValueError, match="unknown method 'bitfitt'.*'bitfit'"):
+        models.create_model("vit_micro_patch8", "bitfitt", img_size=32)
+    with pytest.raises(ValueError, match="bad arguments for method 'full'"):
+        models.create_model("vit_micro_patch8", "full", img_size=32, rank=3)
+
+
+def test_merge_of_plain_methods_returns_an_equal_independent_copy():
+    m = models.create_model("vit_micro_patch8", "bitfit", num_classes=3, img_size=32).eval()
+    merged = models.merge(m)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(m(x), merged(x)) and merged is not m
+    assert models.method_modules(merged) == [] and models.count_parameters(merged) == 0
+    assert models.count_parameters(m) > 0  # the original is untouched
+
+
+def test_every_registered_arch_builds():
+    assert {"vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224",
+            "vit_huge_patch14_224"} <= set(ARCHS)
