@@ -1,0 +1,155 @@
+"""Decoded-array cache: location, keys, atomic writes.
+
+A cache entry is two files in ``<cache_dir>/<benchmark>/<dataset>/``:
+
+* ``<stem>.npy``  -- uint8 array (N, 3, H, W), memory-mapped on load (copy-on-write, so a
+  50 GB test split does not have to fit in RAM);
+* ``<stem>.json`` -- labels, the key material and the split info; written **last**, so an entry
+  without its JSON (a crash half-way) is never used and is simply rebuilt.
+
+Both are written to a temporary name in the same directory and moved into place with
+``os.replace`` only after the whole split decoded without error: a failed read leaves no
+entry behind.
+
+The cache directory is always explicit: the ``cache_dir`` argument, else ``$VIT_PEFT_CACHE``,
+else ``~/.cache/vit_peft`` (never a hidden relative path).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+ENV_VAR = "VIT_PEFT_CACHE"
+CACHE_VERSION = 1
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def mkstemp_near(final: Path, suffix: str = ".tmp") -> Path:
+    """A temp file next to ``final`` with normal permissions (mkstemp alone gives 0600)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return Path(tmp)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser().resolve()
+    return (Path.home() / ".cache" / "vit_peft").resolve()
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def key_digest(material: dict[str, Any]) -> str:
+    """Stable short digest of a JSON-able dict (the cache key)."""
+    blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; on success ``os.replace`` it onto ``final``.
+
+    On any exception the temporary file is removed and ``final`` is left untouched.
+    """
+    tmp_path = mkstemp_near(final, (suffix or "") + ".tmp")
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text_atomic(final: Path, text: str) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(final: Path, obj: Any) -> None:
+    write_text_atomic(final, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+class ArrayWriter:
+    """Fill a (N, 3, H, W) uint8 ``.npy`` in a temp file; ``commit`` moves it into place.
+
+    Use as a context manager: leaving the block with an exception deletes the temp file.
+    """
+
+    def __init__(self, final: Path, shape: tuple[int, ...]):
+        self.final = final
+        self.tmp = mkstemp_near(final)
+        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
+        self._done = False
+
+    def commit(self) -> None:
+        self.array.flush()
+        del self.array
+        os.replace(self.tmp, self.final)
+        self._done = True
+
+    def abort(self) -> None:
+        if hasattr(self, "array"):
+            del self.array
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+    def __enter__(self) -> "ArrayWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+
+def entry_paths(cache_root: Path, benchmark: str, dataset: str, stem: str) -> tuple[Path, Path]:
+    d = cache_root / benchmark / dataset
+    return d / f"{stem}.npy", d / f"{stem}.json"
+
+
+def load_entry(npy: Path, meta: Path, key: str) -> tuple[np.ndarray, dict] | None:
+    """Return (memory-mapped images, meta dict) when a complete entry with this key exists."""
+    if not (npy.is_file() and meta.is_file()):
+        return None
+    try:
+        m = json.loads(meta.read_text())
+        if m.get("key") != key or m.get("cache_version") != CACHE_VERSION:
+            return None
+        arr = np.load(npy, mmap_mode="c")
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != len(m.get("labels", ())):
+        return None
+    return arr, m
