@@ -1,0 +1,148 @@
+"""Evaluate a finished run, or a checkpoint saved by the official ARC / SNELL code.
+
+    python eval.py --run runs/cifar_hta_... [--split test] [--merge]
+    python eval.py --checkpoint arc_cub.pth --format arc --arch vit_base_patch16_224 --dataset cub --data-root ...
+
+``--run`` rebuilds the model from the run's config.json (same arch, backbone weights and method arguments), loads the
+trained tensors from adapter.safetensors and reports top-1. ``--merge`` also folds the method into a plain ViT
+(``models.merge``) and evaluates that; the two accuracies must agree within 0.01 pt (exit 1 otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import train as T
+
+
+def load_eval_split(cfg: dict, split: str):
+    import data
+
+    _, name = data.resolve_task(cfg["dataset"])
+    s = data.load_split(name, cfg.get("data_root"), split, img_size=cfg["img_size"], cache_dir=cfg.get("cache_dir"))
+    mean, std = (data.IMAGENET_MEAN, data.IMAGENET_STD) if cfg.get("norm", "imagenet") == "imagenet" else (
+        data.HALF_MEAN, data.HALF_STD)
+    loader = data.Loader(s, cfg.get("eval_batch_size", 256), shuffle=False, train=False, mean=mean, std=std,
+                         img_size=cfg["img_size"], device=cfg["device"])
+    return s, loader
+
+
+def model_from_run(run: Path, device: str):
+    """Rebuild the trained model of a run directory (config.json + adapter.safetensors)."""
+    import models
+    from safetensors.torch import load_file
+
+    for name in ("config.json", "adapter.safetensors"):
+        if not (run / name).exists():
+            raise T.RunError(f"--run {run}: {name} is missing (is this a train.py output directory?)")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["device"] = device
+    tensors = load_file(str(run / "adapter.safetensors"))
+    if "head.weight" not in tensors:
+        raise T.RunError(f"{run / 'adapter.safetensors'} holds no head.weight: not an adapter checkpoint")
+    num_classes = tensors["head.weight"].shape[0]
+    model = models.create_model(cfg["arch"], cfg["method"], num_classes=num_classes, pretrained=cfg["pretrained"],
+                                img_size=cfg["img_size"], drop_rate=cfg["drop_rate"],
+                                drop_path_rate=cfg["drop_path_rate"], **cfg["method_args"])
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != expected:
+        raise T.RunError(f"{run / 'adapter.safetensors'} does not match method {cfg['method']!r}: missing "
+                         f"{sorted(expected - set(tensors))[:3]}, unexpected {sorted(set(tensors) - expected)[:3]}")
+    results = run / "results.json"
+    if results.exists():
+        want = json.loads(results.read_text()).get("pretrained", {}).get("sha256")
+        got = model.pretrained_info.get("sha256")
+        if want and got and want != got:
+            raise T.RunError(f"backbone weights {cfg['pretrained']} (sha256 {got[:12]}…) differ from those the run "
+                             f"was trained with ({want[:12]}…)")
+    model.load_state_dict(tensors, strict=False)
+    return model.to(device), cfg
+
+
+def model_from_official(args) -> tuple[torch.nn.Module, dict]:
+    import models
+    from models import convert
+
+    path = Path(args.checkpoint)
+    if not path.exists():
+        raise T.RunError(f"--checkpoint {path}: file not found")
+    sd = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("model", "state_dict"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if args.format == "arc":
+        ours, method, kw = convert.from_official_arc(sd, variant=args.variant), args.variant, {}
+    else:
+        ours, method = convert.from_official_snell(sd, rank=args.rank, sparsity=args.sparsity), "snell"
+        kw = {"rank": args.rank, "sparsity": args.sparsity}
+    model = models.create_model(args.arch, method, num_classes=ours["head.weight"].shape[0], pretrained=None,
+                                img_size=args.img_size, **kw)
+    model.load_state_dict(ours, strict=True)
+    cfg = {"dataset": args.dataset, "data_root": args.data_root, "img_size": args.img_size, "norm": args.norm,
+           "device": args.device, "precision": args.precision, "eval_batch_size": args.batch_size,
+           "cache_dir": args.cache_dir}
+    return model.to(args.device), cfg
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a train.py output directory")
+    src.add_argument("--checkpoint", help="a state dict saved by the official ARC or SNELL code")
+    p.add_argument("--split", default="test", help="split to evaluate (VTAB: test/val200/…, FGVC: test/val)")
+    p.add_argument("--merge", action="store_true", help="also evaluate the merged plain ViT and compare")
+    p.add_argument("--data-root", help="override the run's data root")
+    p.add_argument("--cache-dir")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the run's")
+    p.add_argument("--format", choices=("arc", "snell"), help="--checkpoint: which official code saved it")
+    p.add_argument("--variant", choices=("arc", "arc_att"), default="arc", help="--format arc: the ARC variant")
+    p.add_argument("--rank", type=int, default=8, help="--format snell: low_rank_dim")
+    p.add_argument("--sparsity", type=float, default=0.9, help="--format snell: init_thres")
+    p.add_argument("--arch", default="vit_base_patch16_224")
+    p.add_argument("--dataset", help="--checkpoint: dataset to evaluate on")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--norm", choices=("imagenet", "half"), default="imagenet")
+    p.add_argument("--batch-size", type=int, default=256)
+    args = p.parse_args(argv)
+    import models
+
+    try:
+        if args.run:
+            model, cfg = model_from_run(Path(args.run), args.device)
+            if args.data_root:
+                cfg["data_root"] = args.data_root
+            if args.cache_dir:
+                cfg["cache_dir"] = args.cache_dir
+        else:
+            if not args.format or not args.dataset:
+                raise T.RunError("--checkpoint needs --format arc|snell and --dataset")
+            model, cfg = model_from_official(args)
+        if args.precision:
+            cfg["precision"] = args.precision
+        split, loader = load_eval_split(cfg, args.split)
+        if split.num_classes != model.head.out_features:
+            raise T.RunError(f"{cfg['dataset']} has {split.num_classes} classes but the model's head has "
+                             f"{model.head.out_features}")
+        acc = T.evaluate(model, loader, cfg)
+        print(f"{cfg['dataset']} {args.split}: {acc:.2f}% top-1 ({len(split)} images, method {model.method.name})")
+        if args.merge:
+            merged = models.merge(model)
+            acc_m = T.evaluate(merged, loader, cfg)
+            print(f"{cfg['dataset']} {args.split}: {acc_m:.2f}% top-1 merged (plain ViT), difference "
+                  f"{acc_m - acc:+.3f} pt")
+            if abs(acc_m - acc) > 0.01:
+                print("error: merged and unmerged accuracies differ by more than 0.01 pt", file=sys.stderr)
+                return 1
+    except (T.RunError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
