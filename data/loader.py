@@ -110,8 +110,10 @@ class Loader:
         self._pinned: list[torch.Tensor] = []
         self._events: list[Any] = []
         self._cpu_buf: torch.Tensor | None = None
+        self._pool: list[tuple[torch.Tensor, int]] = []
         self._mean255 = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._inv_std255 = 1.0 / (torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0)
+        self._bias = -self._mean255 * self._inv_std255  # (x/255 - mean)/std == x*inv + bias
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -226,10 +228,44 @@ class Loader:
             theta = rrc_theta(B, H, H, a.scale, a.ratio, a.hflip, g).to(dev)
             grid = F.affine_grid(theta, [B, x.shape[1], S, S], align_corners=False)
             x = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        x = x.float() if x.dtype != torch.float32 else x
-        if a.color_jitter and g is not None and a.kind != "none":
+        jitter = bool(a.color_jitter) and g is not None and a.kind != "none"
+        if x.dtype == torch.uint8 and not jitter:
+            return self._to_float(x, normalise=True)
+        x = self._to_float(x)
+        if jitter:
             x = color_jitter(x, a.color_jitter, g)
-        return x.sub_(self._mean255).mul_(self._inv_std255)
+        return x.mul_(self._inv_std255).add_(self._bias)
+
+    def _to_float(self, x: torch.Tensor, normalise: bool = False) -> torch.Tensor:
+        """uint8 -> float32 (and, with ``normalise``, ``x * inv_std + bias`` in the same sweep).
+
+        On CPU the output comes from a small pool of buffers that are reused only when nothing
+        outside the pool references them any more (storage use count): a fresh 40+ MB allocation
+        per batch is page-fault bound.  The work runs in chunks of a few images so the float data
+        is still in cache for the normalisation (one memory sweep instead of three)."""
+        if x.dtype == torch.float32:
+            return x.mul_(self._inv_std255).add_(self._bias) if normalise else x
+        if self.device.type != "cpu" or not hasattr(torch._C, "_storage_Use_Count"):
+            out = x.float()
+            return out.mul_(self._inv_std255).add_(self._bias) if normalise else out
+        shape = tuple(x.shape)
+        out = None
+        for buf, base in self._pool:
+            if buf.shape[1:] == shape[1:] and buf.shape[0] >= shape[0] and _use_count(buf) == base:
+                out = buf[:shape[0]]
+                break
+        if out is None:
+            buf = torch.empty((max(self.batch_size, shape[0]), *shape[1:]), dtype=torch.float32)
+            if len(self._pool) < 3:
+                self._pool.append((buf, _use_count(buf)))
+            out = buf[:shape[0]]
+        step = max(1, (1 << 21) // max(1, x[0].numel() * 4))  # ~2 MB of float per chunk
+        for lo in range(0, shape[0], step):
+            o = out[lo:lo + step]
+            o.copy_(x[lo:lo + step])
+            if normalise:
+                o.mul_(self._inv_std255).add_(self._bias)
+        return out
 
     # -- iteration ---------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -242,10 +278,13 @@ class Loader:
             idx = order[lo:lo + bs]
             x, y = self._fetch(idx, k % 2)
             x = self._transform(x, g)
-            if x.data_ptr() == getattr(self._cpu_buf, "data_ptr", lambda: -1)():  # never yield the buffer
-                x = x.clone()
             yield x, y
+            del x, y  # drop our references so the CPU float buffer can be reused
         self.epoch = epoch + 1
+
+
+def _use_count(t: torch.Tensor) -> int:
+    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
 
 
 def rrc_theta(B: int, H: int, W: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: float,

@@ -174,8 +174,16 @@ def resolve_task(name: str) -> tuple[str, str]:
     if k and k in _INDEX:
         return _INDEX[k]
     names = known_names()
-    by_key = {_key(n): n for n in names}
-    close = difflib.get_close_matches(k, list(by_key), n=1, cutoff=0.5)
+    by_key: dict[str, str] = {}
+    for n in names:  # first spelling wins: canonical ids, then the aliases in table order
+        by_key.setdefault(_key(n), n)
+    canon_keys = {_key(n) for n in ALL_NAMES}
+
+    def score(cand: str) -> tuple[float, bool]:  # best ratio; on a tie prefer a canonical id
+        return difflib.SequenceMatcher(None, k, cand).ratio(), cand in canon_keys
+
+    best = max(by_key, key=score) if k else None
+    close = [best] if best is not None and score(best)[0] >= 0.5 else []
     hint = ""
     if close:
         b, c = _INDEX[close[0]]
