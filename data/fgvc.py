@@ -29,6 +29,7 @@ PIL ``Resize(R)`` on the shorter side (bilinear, torchvision's rounding), then t
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,14 @@ def find_dataset_dir(root: str | Path, canonical: str) -> Path:
     if not root.is_dir():
         raise DataError(f"FGVC root {str(root)!r} does not exist or is not a folder; pass the dataset folder "
                         f"that holds train.json / val.json / test.json (or its parent)")
-    if any((root / f"{s}.json").is_file() for s in JSON_SPLITS):
-        try:
-            r = resolve_task(root.name)
-        except DataError:
-            r = None
-        if r is None or r[1] == canonical:
-            return root
+    try:
+        named = resolve_task(root.name)[1]
+    except DataError:
+        named = None
+    if named == canonical:  # the folder itself is named by the id or an alias
+        return root
+    if named is None and any((root / f"{s}.json").is_file() for s in JSON_SPLITS):
+        return root
     matches = []
     for d in sorted(root.iterdir()):
         if not d.is_dir():
@@ -130,17 +132,20 @@ def load_fgvc_split(dataset: str, root: str | Path | None, split: str, img_size:
     ds_dir = find_dataset_dir(root, canonical)
     ids, files = label_map(ds_dir)
     C = len(ids)
-    if strict_counts and C != FGVC_NUM_CLASSES[canonical]:
-        raise DataError(f"{ds_dir}: the split files name {C} classes, {canonical!r} has {FGVC_NUM_CLASSES[canonical]}; "
-                        f"wrong dataset folder or broken split files (pass strict_counts=False for a subset)")
     index = {c: i for i, c in enumerate(ids)}
     parts = ["train", "val"] if split == "trainval" else [split]
     for s in JSON_SPLITS:  # every split must contain every class (BENCH-5)
         missing = sorted(set(ids) - set(files[s].values()))
-        if missing and strict_counts:
-            raise DataError(f"{ds_dir / (s + '.json')} lacks {len(missing)} of {C} classes (e.g. ids {missing[:5]}); "
-                            f"each split must contain every class -- regenerate with python -m data.fgvc_splits "
-                            f"{canonical} {ds_dir}")
+        if missing:
+            msg = (f"{ds_dir / (s + '.json')} lacks {len(missing)} of {C} classes (e.g. ids {missing[:5]}); "
+                   f"each split must contain every class -- regenerate with python -m data.fgvc_splits "
+                   f"{canonical} {ds_dir}")
+            if strict_counts:
+                raise DataError(msg + " (or pass strict_counts=False to accept it)")
+            warnings.warn(msg)
+    if strict_counts and C != FGVC_NUM_CLASSES[canonical]:
+        raise DataError(f"{ds_dir}: the split files name {C} classes, {canonical!r} has {FGVC_NUM_CLASSES[canonical]}; "
+                        f"wrong dataset folder or broken split files (pass strict_counts=False for a subset)")
     keys: list[str] = []
     labels: list[int] = []
     paths: list[Path] = []

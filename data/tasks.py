@@ -148,9 +148,11 @@ ALL_NAMES: list[str] = VTAB_TASKS + FGVC_DATASETS + DEMO_TASKS
 
 def aliases(canonical: str) -> list[str]:
     """All accepted spellings for a canonical id (the id first)."""
-    for table in (_VTAB_ALIASES, _FGVC_ALIASES, _DEMO_ALIASES):
-        if canonical in table or canonical in ALL_NAMES:
-            return [canonical, *table.get(canonical, [])]
+    if canonical in ALL_NAMES:
+        for table in (_VTAB_ALIASES, _FGVC_ALIASES, _DEMO_ALIASES):
+            if canonical in table:
+                return [canonical, *table[canonical]]
+        return [canonical]
     raise DataError(f"{canonical!r} is not a canonical task id; valid ids: {', '.join(ALL_NAMES)}")
 
 
