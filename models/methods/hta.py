@@ -1,0 +1,253 @@
+"""HTA: Householder Transformation Adaptation (Dong et al., NeurIPS 2024; spec: specs/hta.md).
+
+Each adapted frozen linear (W, b) learns, in the paper's row-vector layout (y = x·W, W is n_in × n_out)::
+
+    ΔW = A·B + H(v_l)·D_H·H(v_r),    H(v) = I − 2·v·vᵀ / vᵀv         (hta.md §3.1, HTA-D1)
+    y  = x·W + b + Dropout(x)·ΔW                                       (one mask for both terms, HTA-D4)
+
+and in ``nn.Linear`` layout (out, in): ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l) (both H are symmetric).
+
+Trainable tensors per adapted linear (names the training loop can match, e.g. to exclude ``v_left``/``v_right``/``d``
+from weight decay, hta.md §5.2):
+
+=========  ==============  ===================================================  ==================================
+name       shape           role                                                 init (HTA-D1/D2)
+=========  ==============  ===================================================  ==================================
+v_left     (n_in,)         left Householder vector v_l                          N(0, 1)
+v_right    (n_out,)        right Householder vector v_r                         N(0, 1)
+d          (k,)            diagonal of D_H, k = min(n_in, n_out)                0
+down       (rank, n_in)    rank-r down-projection A (``Linear``-style weight)   Kaiming-uniform a=√5: U(±1/√n_in)
+up         (n_out, rank)   rank-r up-projection B (``Linear``-style weight)     0
+=========  ==============  ===================================================  ==================================
+
+``down``/``up`` are absent when ``rank=0``. No scale factor, no activation, the bias stays frozen. With d = 0 and
+up = 0 the adapted model is exactly the frozen one at step 0 (hta.md §3.2).
+
+**Fast path** (performance issue): ``delta_weight()`` builds ΔW_pt in fp32 in O(n_in·n_out) without any D×D
+Householder matrix, and the forward runs ONE GEMM ``F.linear(x, W + ΔW_pt, b)`` (eval, or dropout 0);
+with dropout in training it runs ``base(x) + F.linear(dropout(x), ΔW_pt)``. ``hta_branch_reference`` is the spec's
+per-token vector form (§3.1 steps 1–4) that the tests hold the fast path to.
+
+Placements (HTA-D3): ``placement="linear"`` adapts ``targets`` (default q, k, v, proj in every block: 184,320
+parameters on ViT-B/16 → 0.22 / 0.36 / 0.54 M with the mean heads); ``placement="ffn_adapter"`` is the adapter-style
+variant of §3.4 (one square D×D HTA at the FFN output, h ← h + h·M, merged into fc2; 46,080 parameters).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import DeltaLinear, Method, check_targets, iter_linears, merged_linear, register
+
+__all__ = ["HTA", "HTALinear", "HTAAdapter", "hta_delta_weight", "hta_branch_reference", "householder"]
+
+_EPS = 1e-12  # guard for vᵀv (hta.md §3.1); with v ~ N(0, 1), vᵀv ≈ n
+
+
+def _add_hta_parameters(module: nn.Module, n_in: int, n_out: int, rank: int, device) -> None:
+    """Register v_left, v_right, d (and down, up when rank > 0) on ``module``, in fp32, initialised per HTA-D1/D2."""
+    module.n_in, module.n_out, module.rank = n_in, n_out, rank
+    module.v_left = nn.Parameter(torch.empty(n_in, device=device, dtype=torch.float32))
+    module.v_right = nn.Parameter(torch.empty(n_out, device=device, dtype=torch.float32))
+    module.d = nn.Parameter(torch.zeros(min(n_in, n_out), device=device, dtype=torch.float32))
+    if rank > 0:
+        module.down = nn.Parameter(torch.empty(rank, n_in, device=device, dtype=torch.float32))
+        module.up = nn.Parameter(torch.zeros(n_out, rank, device=device, dtype=torch.float32))
+    else:
+        module.register_parameter("down", None)
+        module.register_parameter("up", None)
+    _reset_hta_parameters(module)
+
+
+@torch.no_grad()
+def _reset_hta_parameters(module: nn.Module) -> None:
+    nn.init.normal_(module.v_left)    # HTA-D1: v ~ N(0, 1)
+    nn.init.normal_(module.v_right)
+    nn.init.zeros_(module.d)          # HTA-D2: d = 0, B = 0  → ΔW = 0 at step 0
+    if module.down is not None:
+        nn.init.kaiming_uniform_(module.down, a=math.sqrt(5))  # HTA-D2: U(±1/√n_in), the nn.Linear default
+        nn.init.zeros_(module.up)
+
+
+def hta_delta_weight(module: nn.Module) -> torch.Tensor:
+    """ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l), (n_out, n_in), in fp32 (or fp64), without forming any Householder matrix.
+
+    Applying the two reflections to the rectangular diagonal M0 = D_Hᵀ as rank-1 updates
+    (H(v)·M = M − 2·v·(vᵀM)/vᵀv, and M·H(v) likewise) and expanding gives
+
+        H(v_r)·M0·H(v_l) = M0 + v_r ⊗ α + q ⊗ β,
+        p = M0ᵀ·v_r (= v_r[:k]·d, zero-padded to n_in),   q = M0·v_l (= d·v_l[:k], zero-padded to n_out),
+        c = v_rᵀ·M0·v_l,   α = (4c·v_l/‖v_l‖² − 2p) / ‖v_r‖²,   β = −2·v_l / ‖v_l‖²,
+
+    so ΔW_pt is one (n_out × (2 + r)) @ ((2 + r) × n_in) product plus the diagonal: O(n_in·n_out) work and memory.
+    Autocast is switched off here, so the update is built in full precision even under mixed precision (§3.3).
+    """
+    dev = module.v_left.device.type
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        with torch.autocast(dev, enabled=False):
+            return _delta_weight(module)
+    return _delta_weight(module)
+
+
+def _delta_weight(module: nn.Module) -> torch.Tensor:
+    dt = torch.promote_types(module.v_left.dtype, torch.float32)  # at least fp32 (fp64 stays fp64)
+    vl, vr, d = module.v_left.to(dt), module.v_right.to(dt), module.d.to(dt)
+    n_in, n_out, k = vl.shape[0], vr.shape[0], d.shape[0]
+    nl = (vl * vl).sum().clamp_min(_EPS)
+    nr = (vr * vr).sum().clamp_min(_EPS)
+    p = F.pad(vr[:k] * d, (0, n_in - k))   # (n_in,)
+    q = F.pad(d * vl[:k], (0, n_out - k))  # (n_out,)
+    c = (vr[:k] * d * vl[:k]).sum()
+    alpha = (4.0 * c / nl * vl - 2.0 * p) / nr  # (n_in,)
+    beta = -2.0 / nl * vl                       # (n_in,)
+    left, right = [vr, q], [alpha, beta]        # columns (n_out,) / rows (n_in,)
+    if module.down is not None:
+        left_m = torch.cat([torch.stack(left, 1), module.up.to(dt)], 1)      # (n_out, 2 + r)
+        right_m = torch.cat([torch.stack(right, 0), module.down.to(dt)], 0)  # (2 + r, n_in)
+    else:
+        left_m, right_m = torch.stack(left, 1), torch.stack(right, 0)
+    delta = left_m @ right_m  # (n_out, n_in)
+    return torch.diagonal_scatter(delta, delta.diagonal() + d)  # + M0 (rectangular diagonal, first k entries)
+
+
+def householder(v: torch.Tensor) -> torch.Tensor:
+    """The explicit reflection H(v) = I − 2·v·vᵀ/vᵀv (HTA-D1). For tests and analysis only; the layers never form it."""
+    return torch.eye(v.shape[0], dtype=v.dtype, device=v.device) - 2.0 * torch.outer(v, v) / (v @ v).clamp_min(_EPS)
+
+
+def hta_branch_reference(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """The spec's per-token vector form of the HTA branch (hta.md §3.1 steps 1–4), with the layer's dropout.
+
+    ``layer`` is an ``HTALinear`` or ``HTAAdapter``. Returns x̃·ΔW (paper layout), x̃ = Dropout(x), in x's dtype.
+    A plain reference implementation: the fast path (``HTALinear.forward``) must agree with it.
+    """
+    z = layer.drop(x)  # one mask shared by both terms (HTA-D4)
+    vl, vr, d = layer.v_left.to(z.dtype), layer.v_right.to(z.dtype), layer.d.to(z.dtype)
+    k, n_out = d.shape[0], vr.shape[0]
+    h = z - (2.0 * (z @ vl) / (vl @ vl).clamp_min(_EPS)).unsqueeze(-1) * vl   # 1. z·H(v_l)
+    g = F.pad(h[..., :k] * d, (0, n_out - k))                                 # 2. ·D_H (pad to n_out)
+    u = g - (2.0 * (g @ vr) / (vr @ vr).clamp_min(_EPS)).unsqueeze(-1) * vr   # 3. ·H(v_r)
+    if layer.down is not None:
+        u = u + (z @ layer.down.to(z.dtype).t()) @ layer.up.to(z.dtype).t()  # 4. + (z·A)·B
+    return u
+
+
+class HTALinear(DeltaLinear):
+    """A frozen ``nn.Linear`` plus the HTA update (hta.md §3.1); parameters as in the module docstring."""
+
+    def __init__(self, base: nn.Linear, rank: int = 1, dropout: float = 0.0):
+        super().__init__(base)
+        _add_hta_parameters(self, base.in_features, base.out_features, rank, base.weight.device)
+        self.dropout = float(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def reset_parameters(self) -> None:
+        _reset_hta_parameters(self)
+
+    def delta_weight(self) -> torch.Tensor:
+        return hta_delta_weight(self)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.drop(x), self.delta_weight().to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.base.weight
+        if self.training and self.dropout > 0:  # the mask applies to the branch only: two GEMMs
+            return self.base(x) + self.branch(x)
+        return F.linear(x, w + self.delta_weight().to(w.dtype), self.base.bias)  # one GEMM
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, dropout={self.dropout}"
+
+
+class HTAAdapter(nn.Module):
+    """Adapter-style HTA at the FFN output (hta.md §3.4, paper Eq. 7): h ↦ h + Dropout(h)·M, M square D×D.
+
+    Installed at ``block.mlp_out`` (after the MLP's drop-path, before the residual add; the skip h is kept,
+    [default] of §3.4). Same parameter names and init as ``HTALinear``.
+    """
+
+    def __init__(self, dim: int, rank: int = 1, dropout: float = 0.0, device=None):
+        super().__init__()
+        _add_hta_parameters(self, dim, dim, rank, device)
+        self.dropout = float(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def delta_weight(self) -> torch.Tensor:
+        return hta_delta_weight(self)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + F.linear(self.drop(h), self.delta_weight().to(h.dtype))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.n_in}, rank={self.rank}, dropout={self.dropout}"
+
+
+_PLACEMENTS = ("linear", "ffn_adapter")
+_DEFAULT_TARGETS = ("q", "k", "v", "proj")
+
+
+@register
+@dataclasses.dataclass
+class HTA(Method):
+    """HTA (hta.md). Keyword arguments:
+
+    * ``rank`` — dimension r of the low-rank term A·B (paper: 1, the "1-dimension bottleneck"); 0 removes it.
+    * ``targets`` — linears adapted in every block, any subset of q, k, v, proj, fc1, fc2 (HTA-D3 default q, k, v,
+      proj; rectangular fc1/fc2 use k = min(n_in, n_out), §3.1).
+    * ``dropout`` — rate on the branch input, one mask for both terms (HTA-D4; paper grid {0.5, 0.3, 0.2, 0.1, 0}).
+    * ``placement`` — "linear" (default) or "ffn_adapter" (§3.4; ``targets`` must then stay at its default, it is
+      not used).
+
+    Head: zeros (hta.md §5.2). Weight-decay grouping is the training loop's job: match the parameter names
+    ``v_left``, ``v_right``, ``d``, ``down``, ``up`` (module docstring).
+    """
+
+    name: ClassVar[str] = "hta"
+    head_init: ClassVar[str] = "zeros"
+
+    rank: int = 1
+    targets: tuple = _DEFAULT_TARGETS
+    dropout: float = 0.0
+    placement: str = "linear"
+
+    def __post_init__(self):
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
+            raise ValueError(f"hta: rank must be an integer >= 0 (0 disables the low-rank term), got {self.rank!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"hta: dropout must be in [0, 1), got {self.dropout!r}")
+        if self.placement not in _PLACEMENTS:
+            raise ValueError(f"hta: unknown placement {self.placement!r}; use one of {', '.join(_PLACEMENTS)}")
+        self.targets = check_targets(self.targets)
+        if self.placement == "ffn_adapter" and self.targets != _DEFAULT_TARGETS:
+            raise ValueError("hta: placement='ffn_adapter' adapts the FFN output of every block; "
+                             "'targets' applies only to placement='linear'")
+
+    def install(self, model: nn.Module) -> None:
+        if self.placement == "ffn_adapter":
+            for blk in model.blocks:
+                blk.mlp_out = HTAAdapter(model.embed_dim, self.rank, self.dropout, device=blk.mlp.fc2.weight.device)
+            return
+        for _, owner, name, layer in iter_linears(model, self.targets):
+            if not isinstance(layer, nn.Linear):
+                raise ValueError(f"hta: {name} is already wrapped ({type(layer).__name__}); install one method only")
+            setattr(owner, name, HTALinear(layer, self.rank, self.dropout))
+
+    @torch.no_grad()
+    def merge(self, model: nn.Module) -> None:
+        """W_pt ← W_pt + ΔW_pt (fp32, cast back), bias unchanged (§3.3); the adapter variant folds into fc2:
+        W' = (I + ΔW_pt)·W, b' = (I + ΔW_pt)·b. Layers that are already plain are left alone (idempotent)."""
+        for blk in model.blocks:
+            if isinstance(blk.mlp_out, HTAAdapter):
+                fc2, delta = blk.mlp.fc2, blk.mlp_out.delta_weight()  # (D, D)
+                bias = None if fc2.bias is None else delta @ fc2.bias.to(delta.dtype)
+                blk.mlp.fc2 = merged_linear(fc2, delta @ fc2.weight.to(delta.dtype), bias)
+                blk.mlp_out = nn.Identity()
+        for _, owner, name, layer in iter_linears(model, self.targets):
+            if isinstance(layer, HTALinear):
+                setattr(owner, name, layer.merged())

@@ -1,0 +1,294 @@
+"""HTA (specs/hta.md): counts, init (HTA-D1/D2), fast path == per-token reference, Householder/SVD facts (scipy,
+float64), identity at init, gradient-flow order with the zero head, merge equivalence, bad kwargs."""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+
+import models
+from models.methods.hta import HTA, HTAAdapter, HTALinear, hta_branch_reference, householder
+
+HTA_NAMES = ("v_left", "v_right", "d", "down", "up")
+VTAB_SUM_C, FGVC_SUM_C = 940, 1173  # 19 VTAB tasks, 5 FGVC datasets (specs README, hta.md §4)
+
+
+def _meta(arch="vit_base_patch16_224", num_classes=10, **kw):
+    with torch.device("meta"):
+        return models.create_model(arch, "hta", num_classes=num_classes, **kw)
+
+
+def _micro(method="hta", seed=0, **kw):
+    torch.manual_seed(seed)
+    return models.create_model("vit_micro_patch8", method, num_classes=5, img_size=32, **kw)
+
+
+def _hta_params(model):
+    return {n: p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in HTA_NAMES}
+
+
+def _randomise(model, seed=1):
+    """Non-zero d, up and head, so every term of ΔW is active."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad and n.rsplit(".", 1)[-1] in ("d", "up") or n.startswith("head."):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+# ---------------------------------------------------------------- counts (hta.md §4)
+
+@pytest.mark.parametrize("kw,expected", [
+    ({}, 184_320), ({"rank": 0}, 110_592), ({"rank": 2}, 258_048), ({"rank": 4}, 405_504),
+    ({"targets": ("q", "v")}, 92_160), ({"targets": ("q", "v", "fc1", "fc2")}, 294_912),
+    ({"placement": "ffn_adapter"}, 46_080)])
+def test_vit_b16_trainable_counts(kw, expected):
+    m = _meta(**kw)
+    assert models.count_parameters(m, head=False) == expected
+    # nothing but HTA tensors (and the head) trains
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    assert trainable and all(n.rsplit(".", 1)[-1] in HTA_NAMES for n in trainable)
+
+
+def test_per_matrix_formula_and_head():
+    # P(n_in, n_out, r) = n_in + n_out + min(n_in, n_out) + r·(n_in + n_out); fc1 768→3072 at r = 1: 8,448
+    m = _meta(targets=("fc1",), num_classes=37)
+    fc1 = m.blocks[0].mlp.fc1
+    assert sum(p.numel() for p in fc1.parameters() if p.requires_grad) == 768 + 3072 + 768 + 3840 == 8_448
+    assert models.count_parameters(m) - models.count_parameters(m, head=False) == (768 + 1) * 37
+
+
+def test_printed_totals_round_to_paper():
+    b = models.count_parameters(_meta(), head=False)
+    l = models.count_parameters(_meta("vit_large_patch16_224"), head=False)
+    assert l == 24 * 4 * 5 * 1024 == 491_520
+    vtab_b, fgvc_b, vtab_l = b + 769 * VTAB_SUM_C / 19, b + 769 * FGVC_SUM_C / 5, l + 1025 * VTAB_SUM_C / 19
+    assert (round(vtab_b), round(fgvc_b), round(vtab_l)) == (222_365, 364_727, 542_231)
+    assert (round(vtab_b / 1e6, 2), round(fgvc_b / 1e6, 2), round(vtab_l / 1e6, 2)) == (0.22, 0.36, 0.54)
+    # per-task totals (hta.md §4): cifar C = 100, sun397 C = 397
+    assert models.count_parameters(_meta(num_classes=100)) == 261_220
+    assert models.count_parameters(_meta(num_classes=397)) == 489_613
+
+
+# ---------------------------------------------------------------- init (HTA-D1 / HTA-D2)
+
+def test_init_follows_decisions():
+    torch.manual_seed(0)
+    layer = HTALinear(torch.nn.Linear(768, 768), rank=1)
+    assert torch.equal(layer.d, torch.zeros(768)) and torch.equal(layer.up, torch.zeros(768, 1))
+    for v in (layer.v_left, layer.v_right):  # N(0, 1)
+        assert abs(v.mean().item()) < 0.15 and abs(v.std().item() - 1) < 0.1
+    bound = 1 / math.sqrt(768)  # Kaiming-uniform a=√5: U(±1/√n_in) = ±0.0361
+    assert layer.down.abs().max() <= bound and layer.down.abs().max() > 0.9 * bound
+    assert torch.equal(layer.delta_weight(), torch.zeros(768, 768))
+    rect = HTALinear(torch.nn.Linear(768, 3072), rank=2)
+    assert rect.v_left.shape == (768,) and rect.v_right.shape == (3072,) and rect.d.shape == (768,)
+    assert rect.down.shape == (2, 768) and rect.up.shape == (3072, 2)
+    assert HTALinear(torch.nn.Linear(8, 8), rank=0).down is None
+
+
+# ---------------------------------------------------------------- fast path == spec reference (§3.1)
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("n_in,n_out,rank,dropout", [
+    (64, 64, 1, 0.0), (64, 256, 2, 0.0), (256, 64, 1, 0.0), (64, 64, 0, 0.0), (64, 64, 1, 0.3), (256, 64, 3, 0.5)])
+def test_fast_path_matches_reference_outputs_and_grads(dtype, tol, n_in, n_out, rank, dropout):
+    torch.manual_seed(0)
+    base = torch.nn.Linear(n_in, n_out).to(dtype).requires_grad_(False)
+    layer = HTALinear(base, rank=rank, dropout=dropout).to(dtype).train()
+    with torch.no_grad():
+        layer.d.normal_()
+        if rank:
+            layer.up.normal_()
+    x = torch.randn(3, 7, n_in, dtype=dtype)
+    w = torch.randn(3, 7, n_out, dtype=dtype)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    assert len(params) == (5 if rank else 3)
+
+    def run(fn):
+        xx = x.clone().requires_grad_(True)
+        torch.manual_seed(123)  # same dropout mask for both paths
+        out = fn(xx)
+        grads = torch.autograd.grad((out * w).sum(), [xx] + params)
+        return out.detach(), grads
+
+    fast, g_fast = run(layer)
+    ref, g_ref = run(lambda xx: base(xx) + hta_branch_reference(xx, layer))
+    scale = ref.abs().max()
+    assert (fast - ref).abs().max() <= tol * scale
+    for a, b in zip(g_fast, g_ref):
+        assert (a - b).abs().max() <= tol * max(b.abs().max(), 1.0)
+    if dropout:  # the mask really is applied in training, and is off in eval (one-GEMM path)
+        layer.eval()
+        assert not torch.allclose(layer(x), fast)
+        assert torch.allclose(layer(x), F.linear(x, base.weight + layer.delta_weight(), base.bias), atol=tol * scale)
+
+
+def test_delta_weight_equals_explicit_householder_product():
+    # ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l) (hta.md §3.1), square and both rectangular shapes, float64
+    torch.manual_seed(0)
+    for n_in, n_out in ((48, 48), (48, 80), (80, 48)):
+        layer = HTALinear(torch.nn.Linear(n_in, n_out), rank=2).double()
+        with torch.no_grad():
+            layer.d.normal_(), layer.up.normal_()
+        k = min(n_in, n_out)
+        dh = torch.zeros(n_in, n_out, dtype=torch.float64)
+        dh[range(k), range(k)] = layer.d.detach()
+        paper = householder(layer.v_left) @ dh @ householder(layer.v_right)  # (n_in, n_out), paper layout
+        expected = paper.t() + layer.up @ layer.down
+        assert (layer.delta_weight() - expected).abs().max() < 1e-12
+
+
+def test_delta_weight_stays_fp32_under_autocast():
+    torch.manual_seed(0)
+    layer = HTALinear(torch.nn.Linear(32, 48), rank=1)
+    with torch.no_grad():
+        layer.d.normal_(), layer.up.normal_()
+    x = torch.randn(5, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dw, y = layer.delta_weight(), layer(x)
+    assert dw.dtype == torch.float32 and torch.equal(dw, layer.delta_weight())
+    assert y.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- Householder / SVD properties (§3.2, HTA-T)
+
+def test_householder_matrices_orthogonal_symmetric_det_minus_one_scipy():
+    m = _micro(targets=("q", "k", "v", "proj", "fc1", "fc2")).double()
+    vs = [p.detach().numpy() for n, p in m.named_parameters() if n.endswith(("v_left", "v_right"))]
+    assert len(vs) == 2 * 6 * 2
+    for v in vs:
+        h = householder(torch.from_numpy(v)).numpy()
+        eye = np.eye(len(v))
+        assert np.linalg.norm(h.T @ h - eye) < 1e-10
+        assert np.linalg.norm(h - h.T) < 1e-10 and np.linalg.norm(h @ h - eye) < 1e-10
+        assert abs(scipy.linalg.det(h) + 1) < 1e-10
+
+
+@pytest.mark.parametrize("n_in,n_out", [(64, 64), (64, 256), (256, 64)])
+def test_svd_of_householder_diag_householder_is_abs_d_scipy(n_in, n_out):
+    torch.manual_seed(0)
+    layer = HTALinear(torch.nn.Linear(n_in, n_out), rank=0).double()
+    k = min(n_in, n_out)
+    d = torch.randn(k, dtype=torch.float64)
+    d[::5] = 0.0  # exact zeros → rank drops
+    with torch.no_grad():
+        layer.d.copy_(d)
+    m = layer.delta_weight().detach().numpy().T  # paper layout H_l·D_H·H_r, (n_in, n_out)
+    sv = scipy.linalg.svdvals(m)  # min(n_in, n_out) values: |d|, the rectangular D_H is padded with zeros
+    assert len(sv) == k
+    np.testing.assert_allclose(np.sort(sv), np.sort(np.abs(d.numpy())), atol=1e-10)
+    nnz = int((d != 0).sum())
+    assert nnz < k and np.linalg.matrix_rank(m, tol=1e-8) == nnz == int((sv > 1e-8).sum())
+    # full SVD view: the rectangular D_H's extra rows/cols carry only zero singular values
+    full = scipy.linalg.svd(np.pad(m, ((0, max(0, n_out - n_in)), (0, max(0, n_in - n_out)))), compute_uv=False)
+    np.testing.assert_allclose(np.sort(full), np.sort(np.pad(np.abs(d.numpy()), (0, max(n_in, n_out) - k))),
+                               atol=1e-10)
+
+
+# ---------------------------------------------------------------- identity at init (§3.2)
+
+@pytest.mark.parametrize("kw", [{}, {"targets": ("q", "v", "fc1", "fc2"), "rank": 2}, {"placement": "ffn_adapter"}])
+def test_identity_at_init_bit_for_bit(kw):
+    frozen, hta = _micro("linear"), _micro(**kw)
+    plain = {n.replace(".base.", "."): p for n, p in hta.state_dict().items()}
+    for n, p in frozen.state_dict().items():
+        if not n.startswith("head."):
+            assert torch.equal(plain[n], p), n
+    with torch.no_grad():  # same (non-zero) head in both, otherwise logits are trivially 0
+        torch.nn.init.normal_(frozen.head.weight)
+        hta.head.load_state_dict(frozen.head.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(hta.eval()(x), frozen.eval()(x))
+
+
+# ---------------------------------------------------------------- gradient flow with the zero head (§3.2)
+
+def test_gradient_flow_order_with_zero_head_and_three_adamw_steps():
+    m = _micro(rank=1, targets=("q", "k", "v", "proj", "fc1")).train()
+    assert torch.equal(m.head.weight, torch.zeros_like(m.head.weight))  # head_init 'zeros' (hta.md §5.2)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 5, (6,))
+    start = {n: p.detach().clone() for n, p in m.state_dict().items()}
+    hta = _hta_params(m)
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        grads = {n: p.grad.clone() for n, p in hta.items()}
+        opt.step()
+        return grads
+
+    def moved(kind):
+        return [not torch.equal(p, start[n]) for n, p in m.state_dict().items() if n.endswith("." + kind)]
+
+    g1 = step()  # zero head: nothing below the head gets gradient
+    assert all(torch.count_nonzero(g) == 0 for g in g1.values())
+    assert not any(any(moved(k)) for k in HTA_NAMES) and not torch.equal(m.head.weight, start["head.weight"])
+    g2 = step()  # d and B move; ∂L/∂A = 0 while B = 0 and ∂L/∂v = 0 while d = 0
+    for n, g in g2.items():
+        active = n.endswith((".d", ".up"))
+        assert (torch.count_nonzero(g) > 0) == active, n
+    assert all(moved("d")) and all(moved("up")) and not any(moved("down")) and not any(moved("v_left"))
+    step()  # now A and v move too
+    end = m.state_dict()
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert len(trainable) == 5 * 5 * 2 + 2
+    for n, p in end.items():  # full state-dict compare: every trainable tensor changed, nothing frozen did
+        assert torch.equal(p, start[n]) != (n in trainable), n
+
+
+# ---------------------------------------------------------------- merge (§3.3, §3.4)
+
+@pytest.mark.parametrize("kw", [{}, {"targets": ("q", "k", "v", "proj", "fc1", "fc2"), "rank": 2},
+                                {"rank": 0, "targets": ("v",)}, {"placement": "ffn_adapter"}])
+def test_merge_equivalence(kw):
+    m = _micro(**kw)
+    _randomise(m)
+    x = torch.randn(4, 3, 32, 32)
+    m.eval()
+    merged = models.merge(m)
+    out, out_merged = m(x), merged(x)
+    assert (out - out_merged).abs().max() < 1e-4
+    assert models.method_modules(merged) == []
+    assert all(isinstance(b.mlp_out, torch.nn.Identity) for b in merged.blocks)
+    # the branch was really active, and the input model is untouched
+    assert (out - _micro("linear")(x)).abs().max() > 1e-3
+    assert any(isinstance(mod, (HTALinear, HTAAdapter)) for mod in m.modules())
+    # merging again is idempotent (a merged model is a plain ViT)
+    again = models.merge(merged)
+    assert torch.equal(again(x), out_merged)
+    m.method.merge(merged)  # the method's own merge on already-merged layers is a no-op
+    assert torch.equal(merged(x), out_merged)
+
+
+def test_merge_in_place_and_unchanged_bias():
+    m = _micro()
+    _randomise(m)
+    bias = m.blocks[0].attn.q.bias.clone()
+    w = m.blocks[0].attn.q.weight.clone()
+    dw = m.blocks[0].attn.q.delta_weight().detach()
+    models.merge(m, inplace=True)
+    q = m.blocks[0].attn.q
+    assert type(q) is torch.nn.Linear and not q.weight.requires_grad
+    assert torch.equal(q.bias, bias) and torch.allclose(q.weight, w + dw, atol=1e-7)
+
+
+# ---------------------------------------------------------------- kwargs
+
+@pytest.mark.parametrize("kw,match", [
+    ({"targets": ("q", "qkv")}, "targets"), ({"targets": ()}, "targets"), ({"rank": -1}, "rank"),
+    ({"rank": 1.5}, "rank"), ({"dropout": 1.0}, "dropout"), ({"placement": "adapter"}, "placement"),
+    ({"placement": "ffn_adapter", "targets": ("q",)}, "ffn_adapter")])
+def test_bad_kwargs_raise_value_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        models.create_model("vit_micro_patch8", "hta", num_classes=2, img_size=32, **kw)
+
+
+def test_registered_with_defaults():
+    m = models.METHODS["hta"]()
+    assert isinstance(m, HTA) and m.config() == {"rank": 1, "targets": ("q", "k", "v", "proj"), "dropout": 0.0,
+                                                 "placement": "linear"}
+    assert HTA.head_init == "zeros" and models.METHODS["hta"](targets=["q", "v"]).targets == ("q", "v")
