@@ -1,0 +1,225 @@
+"""Sweep configs ``reproduce/configs/<paper>_<benchmark>.yaml`` → one flat ``train.py --config`` file per task.
+
+A sweep config is a YAML mapping with
+
+* ``benchmark``: ``vtab`` | ``fgvc``;
+* ``selection``: where the per-task hyper-parameters come from — ``paper`` (released scripts / author's reply; the
+  authors selected them on the test set), ``default`` (the paper released none: project defaults until
+  ``reproduce/search.py`` runs) or ``val`` (selected on val200 / val.json by ``reproduce/search.py``);
+* ``reference``: backbone id → list of ``{paper, table, method}`` rows of ``paper_tables/`` to compare with
+  (``verify.py``);
+* ``defaults``: ``train.py`` options (underscored names, as in ``train.py --config``) shared by every task;
+* ``tasks``: task id → overrides (``{}`` when the task uses the defaults); ``method_args`` overrides merge key-wise;
+* optionally ``search``: the grid ``reproduce/search.py`` runs and how the per-task values were obtained.
+
+Every value under ``defaults`` and ``tasks`` carries a ``# source:`` comment (``undocumented()`` checks it).
+
+    python -m reproduce.taskcfg reproduce/configs/snell_vtab.yaml cifar --out runs/x/config.yaml [--epochs 1]
+    python -m reproduce.taskcfg reproduce/configs/snell_vtab.yaml --list-tasks
+    python -m reproduce.taskcfg reproduce/configs/snell_vtab.yaml --get benchmark
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reproduce import tasks as K  # noqa: E402
+
+__all__ = ["TOP_LEVEL", "REQUIRED", "SELECTIONS", "ConfigError", "load", "resolve", "select", "canonical", "validate",
+           "undocumented", "write_task_config", "main"]
+
+TOP_LEVEL = {"benchmark", "selection", "reference", "defaults", "tasks", "search"}
+REQUIRED = ("method", "method_args", "lr", "weight_decay", "batch_size", "epochs")  # per resolved task
+SELECTIONS = ("paper", "default", "val")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(path: str | Path) -> dict:
+    """Read and structurally check a sweep config (not the option names: see ``validate``)."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {sorted(TOP_LEVEL)}")
+    unknown = set(spec) - TOP_LEVEL
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL)}")
+    for key in ("benchmark", "defaults", "tasks"):
+        if key not in spec:
+            raise ConfigError(f"{path}: missing '{key}'")
+    if spec["benchmark"] not in ("vtab", "fgvc"):
+        raise ConfigError(f"{path}: benchmark must be vtab or fgvc, got {spec['benchmark']!r}")
+    if spec.get("selection", "paper") not in SELECTIONS:
+        raise ConfigError(f"{path}: selection must be one of {SELECTIONS}")
+    spec["tasks"] = {t: (v or {}) for t, v in (spec["tasks"] or {}).items()}
+    expected = K.VTAB_TASKS if spec["benchmark"] == "vtab" else K.FGVC_TASKS
+    bad = [t for t in spec["tasks"] if t not in expected]
+    if bad:
+        raise ConfigError(f"{path}: unknown {spec['benchmark']} task id(s) {bad}; canonical ids: {', '.join(expected)}")
+    return spec
+
+
+def resolve(spec: dict, task: str, epochs: int | None = None) -> dict:
+    """The flat option mapping of one task: defaults, then the task's overrides (``method_args`` merged key-wise).
+
+    ``epochs`` (the sweep's ``EPOCHS`` smoke/debug override) also scales ``warmup_epochs`` in proportion
+    (10 of 100 → 0 of 1), so a shortened run still has its warm-up inside the run.
+    """
+    if task not in spec["tasks"]:
+        raise ConfigError(f"task {task!r} is not in the config; its tasks: {', '.join(spec['tasks'])}")
+    cfg = copy.deepcopy(spec["defaults"])
+    over = copy.deepcopy(spec["tasks"][task])
+    cfg["method_args"] = {**(cfg.get("method_args") or {}), **(over.pop("method_args", None) or {})}
+    cfg.update(over)
+    if epochs is not None:
+        if epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {epochs}")
+        warm = cfg.get("warmup_epochs")
+        if warm is not None and cfg.get("epochs"):
+            cfg["warmup_epochs"] = int(warm * epochs // cfg["epochs"])
+        cfg["epochs"] = epochs
+    return cfg
+
+
+def validate(spec: dict, options: dict | None = None, choices: dict | None = None) -> list[str]:
+    """Problems of a config: missing required values per task, and (when ``options``/``choices`` are given, e.g.
+    ``train.OPTIONS``/``train.CHOICES``) option names or choice values train.py would reject."""
+    problems = []
+    for task in spec["tasks"]:
+        cfg = resolve(spec, task)
+        for key in REQUIRED:
+            if cfg.get(key) in (None, {}, ""):
+                problems.append(f"{task}: no value for {key}")
+        if options is not None:
+            for key in sorted(set(cfg) - set(options)):
+                problems.append(f"{task}: {key!r} is not a train.py option")
+        for key, allowed in (choices or {}).items():
+            if key in cfg and cfg[key] not in allowed:
+                problems.append(f"{task}: {key}={cfg[key]!r} is not one of {allowed}")
+    return problems
+
+
+def undocumented(path: str | Path) -> list[str]:
+    """Lines under ``defaults:``/``tasks:`` that set a value without a `` # source:`` comment (a YAML comment needs
+    the blank before ``#``). Lines that only open a nested block (``method_args:``, ``cifar:``) need none."""
+    bad, section = [], None
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line[0].isspace():
+            section = line.split(":")[0].strip()
+            continue
+        if section not in ("defaults", "tasks"):
+            continue
+        value = line.split(":", 1)[1].strip() if ":" in line else line.strip()
+        if value and not value.startswith("#") and not re.search(r"\s# source:", line):
+            bad.append(f"{path}:{n}: {line.strip()}")
+    return bad
+
+
+def canonical(name: str) -> str:
+    """The canonical id of a task name; aliases (``cifar100``, ``Flowers102`` ...) resolve through ``data.tasks``
+    when the data package is importable."""
+    if name in K.VTAB or name in K.FGVC:
+        return name
+    try:
+        from data.tasks import resolve_task
+    except ImportError:
+        return name
+    try:
+        return resolve_task(name)[1]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def select(spec: dict, names: str | list[str]) -> list[str]:
+    """The config's tasks named in ``names`` (space/comma separated), in the order given, canonicalised."""
+    if isinstance(names, str):
+        names = names.replace(",", " ").split()
+    out = []
+    for name in names:
+        task = canonical(name)
+        if task not in spec["tasks"]:
+            raise ConfigError(f"task {name!r} is not in this config; its tasks: {', '.join(spec['tasks'])}")
+        if task not in out:
+            out.append(task)
+    if not out:
+        raise ConfigError("TASKS selects no task")
+    return out
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def write_task_config(spec: dict, task: str, out: str | Path, source: str = "", epochs: int | None = None) -> dict:
+    cfg = resolve(spec, task, epochs)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head = (f"# generated by reproduce/taskcfg.py from {source or 'a sweep config'}, task {task}"
+            + (f", EPOCHS override {epochs}" if epochs is not None else "")
+            + "\n# the sources of the values are the comments in that config\n")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(head + yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None))
+    tmp.replace(out)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Write the flat train.py config of one task of a sweep config.")
+    ap.add_argument("config")
+    ap.add_argument("task", nargs="?")
+    ap.add_argument("--out", help="where to write the task's flat YAML (default: print it)")
+    ap.add_argument("--epochs", type=int, help="override epochs (warm-up scaled in proportion)")
+    ap.add_argument("--list-tasks", action="store_true", help="print the config's task ids, one line")
+    ap.add_argument("--select", metavar="TASKS", help="with --list-tasks: only these (space/comma separated; aliases "
+                                                      "such as cifar100 resolve to the canonical id)")
+    ap.add_argument("--get", metavar="KEY", help="print a top-level value (benchmark, selection) or a default")
+    ap.add_argument("--check", action="store_true", help="validate option names against train.py and exit")
+    args = ap.parse_args(argv)
+    try:
+        spec = load(args.config)
+        if args.list_tasks:
+            print(" ".join(select(spec, args.select) if args.select else spec["tasks"]))
+            return 0
+        if args.get:
+            value = spec.get(args.get, spec["defaults"].get(args.get))
+            if value is None:
+                raise ConfigError(f"{args.config}: no top-level or default value {args.get!r}")
+            print(value)
+            return 0
+        if args.check:
+            import train
+
+            problems = validate(spec, train.OPTIONS, train.CHOICES) + undocumented(args.config)
+            print("\n".join(problems) or f"{args.config}: ok ({len(spec['tasks'])} tasks)")
+            return 1 if problems else 0
+        if not args.task:
+            ap.error("give a task (or --list-tasks / --get / --check)")
+        if args.out:
+            write_task_config(spec, args.task, args.out, source=args.config, epochs=args.epochs)
+        else:
+            sys.stdout.write(yaml.safe_dump(_plain(resolve(spec, args.task, args.epochs)), sort_keys=False))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

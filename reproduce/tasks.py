@@ -1,0 +1,89 @@
+"""The task lists the sweeps loop over and the aggregates the papers print (specs: benchmarks.md §1, §3, §7).
+
+Kept free of torch and of ``data/`` so that ``verify.py`` runs anywhere a ``results.json`` can be read.
+
+* ``VTAB`` — the 19 canonical ids (NOAH folder names) in table order, with their group and class count;
+* ``FGVC`` — the 5 dataset ids with class counts;
+* ``mean_19`` (plain mean of the 19 tasks) and ``mean_groups`` (mean of the three group means) are the two VTAB "mean"
+  conventions of benchmarks.md §7; ``mean_fgvc`` is the plain FGVC mean.
+"""
+from __future__ import annotations
+
+from statistics import fmean
+from typing import Mapping
+
+__all__ = ["VTAB", "FGVC", "GROUPS", "VTAB_TASKS", "FGVC_TASKS", "benchmark_of", "group_of", "group_means",
+           "mean_19", "mean_groups", "mean_fgvc", "aggregates"]
+
+# task id -> (group, number of classes); order = the papers' table order (benchmarks.md §1)
+VTAB: dict[str, tuple[str, int]] = {
+    "cifar": ("natural", 100),
+    "caltech101": ("natural", 102),
+    "dtd": ("natural", 47),
+    "oxford_flowers102": ("natural", 102),
+    "oxford_iiit_pet": ("natural", 37),
+    "svhn": ("natural", 10),
+    "sun397": ("natural", 397),
+    "patch_camelyon": ("specialized", 2),
+    "eurosat": ("specialized", 10),
+    "resisc45": ("specialized", 45),
+    "diabetic_retinopathy": ("specialized", 5),
+    "clevr_count": ("structured", 8),
+    "clevr_dist": ("structured", 6),
+    "dmlab": ("structured", 6),
+    "kitti": ("structured", 4),
+    "dsprites_loc": ("structured", 16),
+    "dsprites_ori": ("structured", 16),
+    "smallnorb_azi": ("structured", 18),
+    "smallnorb_ele": ("structured", 9),
+}
+FGVC: dict[str, int] = {"cub": 200, "nabirds": 555, "oxford_flowers": 102, "stanford_dogs": 120, "stanford_cars": 196}
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    g: tuple(t for t, (grp, _) in VTAB.items() if grp == g) for g in ("natural", "specialized", "structured")
+}
+VTAB_TASKS: tuple[str, ...] = tuple(VTAB)
+FGVC_TASKS: tuple[str, ...] = tuple(FGVC)
+
+
+def benchmark_of(task: str) -> str:
+    """'vtab' or 'fgvc' for a canonical id; ``KeyError`` for anything else (no alias guessing here)."""
+    if task in VTAB:
+        return "vtab"
+    if task in FGVC:
+        return "fgvc"
+    raise KeyError(f"unknown task {task!r}; VTAB ids: {', '.join(VTAB)}; FGVC ids: {', '.join(FGVC)}")
+
+
+def group_of(task: str) -> str:
+    return VTAB[task][0]
+
+
+def group_means(acc: Mapping[str, float]) -> dict[str, float]:
+    """``mean_<group>`` for every group whose tasks are all in ``acc`` (a group with a missing task has no mean)."""
+    return {f"mean_{g}": fmean(acc[t] for t in tasks) for g, tasks in GROUPS.items() if all(t in acc for t in tasks)}
+
+
+def mean_19(acc: Mapping[str, float]) -> float | None:
+    """Plain mean of the 19 VTAB tasks (HTA "Mean Total"; SNELL Tables A7, 5(b)); None unless all 19 are present."""
+    return fmean(acc[t] for t in VTAB) if all(t in acc for t in VTAB) else None
+
+
+def mean_groups(acc: Mapping[str, float]) -> float | None:
+    """Mean of the three group means (SNELL Tables 1, 4, 5(a), A11; FacT, SSF); None unless all 19 are present."""
+    g = group_means(acc)
+    return fmean(g.values()) if len(g) == len(GROUPS) else None
+
+
+def mean_fgvc(acc: Mapping[str, float]) -> float | None:
+    return fmean(acc[t] for t in FGVC) if all(t in acc for t in FGVC) else None
+
+
+def aggregates(acc: Mapping[str, float]) -> dict[str, float]:
+    """Every aggregate computable from ``acc`` (task -> accuracy), keyed like the paper tables' pseudo-tasks."""
+    out: dict[str, float] = dict(group_means(acc))
+    for name, fn in (("mean_19", mean_19), ("mean_groups", mean_groups), ("mean_fgvc", mean_fgvc)):
+        v = fn(acc)
+        if v is not None:
+            out[name] = v
+    return out

@@ -1,0 +1,206 @@
+"""reproduce/: sweep configs, the per-task config writer, the sweep scripts' dry runs, preflight messages and the HTA
+search's selection and config rewriting (specs: hta.md §5, arc.md §7, snell.md §8, benchmarks.md §6)."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reproduce import preflight, search, taskcfg, tasks as K
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "reproduce" / "configs").glob("*.yaml"))
+SCRIPTS = {"householder_vtab.sh": "hta_vtab", "householder_vtab_large.sh": "hta_vtab_large",
+           "householder_fgvc.sh": "hta_fgvc", "arc_vtab.sh": "arc_vtab", "arc_fgvc.sh": "arc_fgvc",
+           "snell_vtab.sh": "snell_vtab", "snell_fgvc.sh": "snell_fgvc"}
+
+
+def _train_options() -> tuple[dict, dict]:
+    """train.py's OPTIONS and CHOICES, read without importing train.py (and torch)."""
+    found = {}
+    for node in ast.parse((ROOT / "train.py").read_text()).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id in ("OPTIONS", "CHOICES"):
+            found[target.id] = ast.literal_eval(node.value)
+    return found["OPTIONS"], found["CHOICES"]
+
+
+def test_every_script_has_its_config():
+    assert {p.stem for p in CONFIGS} == set(SCRIPTS.values())
+    for script, name in SCRIPTS.items():
+        path = ROOT / "reproduce" / script
+        assert os.access(path, os.X_OK), script
+        assert f"CONFIG_NAME={name}\n" in path.read_text()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_complete_documented_and_accepted_by_train(path):
+    spec = taskcfg.load(path)
+    expected = K.VTAB_TASKS if spec["benchmark"] == "vtab" else K.FGVC_TASKS
+    assert tuple(spec["tasks"]) == expected  # every task, in table order
+    options, choices = _train_options()
+    assert taskcfg.validate(spec, options, choices) == []  # lr, wd, batch, epochs, method + args; train.py names
+    assert taskcfg.undocumented(path) == []  # every value carries '# source:'
+    for task in spec["tasks"]:
+        cfg = taskcfg.resolve(spec, task)
+        assert cfg["method_args"] and cfg["epochs"] >= 100 and cfg["batch_size"] in (8, 16, 32, 64)
+    import models
+
+    for task in spec["tasks"]:  # the method arguments are the registered method's keyword arguments
+        cfg = taskcfg.resolve(spec, task)
+        models.METHODS[cfg["method"]](**cfg["method_args"])
+    from reproduce import tables
+
+    for backbone, rows in spec["reference"].items():  # every reference row exists in paper_tables/
+        for r in rows:
+            tables.find(r["paper"], r["table"], backbone, r["method"])
+
+
+def test_config_values_follow_the_specs():
+    snell = taskcfg.load(ROOT / "reproduce/configs/snell_vtab.yaml")  # snell.md §8.2
+    r = lambda spec, t: taskcfg.resolve(spec, t)  # noqa: E731
+    assert (r(snell, "patch_camelyon")["lr"], r(snell, "patch_camelyon")["weight_decay"]) == (7e-4, 0.05)
+    assert r(snell, "dtd")["method_args"] == {"rank": 32, "sparsity": 0.995, "dropout": 0.1}
+    assert (r(snell, "dmlab")["batch_size"], r(snell, "dmlab")["weight_decay"]) == (8, 1e-4)
+    assert r(snell, "dmlab")["method_args"]["sparsity"] == 0.0
+    assert [r(snell, t)["epochs"] for t in ("cifar", "patch_camelyon", "smallnorb_ele")] == [200, 100, 200]
+    assert r(snell, "cifar")["schedule"] == "per_epoch_timm" and r(snell, "cifar")["wd_scope"] == "matrices"
+    sf = taskcfg.load(ROOT / "reproduce/configs/snell_fgvc.yaml")  # snell.md §8.3, r = 32
+    assert (r(sf, "stanford_dogs")["lr"], r(sf, "stanford_dogs")["weight_decay"]) == (3e-4, 0.005)
+    assert r(sf, "oxford_flowers")["method_args"]["sparsity"] == 0.8
+    af = taskcfg.load(ROOT / "reproduce/configs/arc_fgvc.yaml")  # arc.md §7.3
+    assert [(r(af, t)["lr"], r(af, t)["weight_decay"], r(af, t)["method_args"]["dropout"], r(af, t)["drop_rate"])
+            for t in K.FGVC_TASKS] == [(1e-3, 0.05, 0.1, 0.1), (2e-4, 0.05, 0.1, 0.1), (2.5e-3, 0.01, 0.1, 0.1),
+                                        (2.5e-4, 0.05, 0.1, 0.0), (5e-3, 0.05, 0.0, 0.1)]
+    av = taskcfg.load(ROOT / "reproduce/configs/arc_vtab.yaml")  # arc.md §7.1
+    assert {(r(av, t)["lr"], r(av, t)["weight_decay"], r(av, t)["batch_size"]) for t in K.VTAB} == {(0.01, 0.0, 32)}
+    for name in ("hta_vtab", "hta_vtab_large", "hta_fgvc"):  # hta.md §5
+        h = taskcfg.load(ROOT / f"reproduce/configs/{name}.yaml")
+        assert h["selection"] == "default" and len(search.grid_points(h["search"]["full"])) == 525
+        assert {(r(h, t)["epochs"], r(h, t)["warmup_epochs"], r(h, t)["method_args"]["rank"]) for t in h["tasks"]} \
+            == {(100, 10, 1)}
+
+
+def test_task_config_file_and_epochs_override(tmp_path):
+    spec = taskcfg.load(ROOT / "reproduce/configs/snell_vtab.yaml")
+    out = tmp_path / "run" / "config.yaml"
+    assert taskcfg.main([str(ROOT / "reproduce/configs/snell_vtab.yaml"), "patch_camelyon", "--out", str(out),
+                         "--epochs", "20"]) == 0
+    flat = yaml.safe_load(out.read_text())
+    assert flat["epochs"] == 20 and flat["warmup_epochs"] == 2 and flat["batch_size"] == 16  # 10 of 100 -> 2 of 20
+    assert flat["method_args"] == {"rank": 32, "sparsity": 0.15, "dropout": 0.1} and flat["lr"] == 7e-4
+    assert taskcfg.resolve(spec, "cifar", epochs=20)["warmup_epochs"] == 1  # 10 of 200 -> 1 of 20
+    assert set(flat) <= set(_train_options()[0])
+    assert taskcfg.resolve(spec, "cifar", epochs=1)["warmup_epochs"] == 0
+    assert taskcfg.select(spec, "cifar100, dtd,cifar") == ["cifar", "dtd"]  # aliases resolve
+    with pytest.raises(taskcfg.ConfigError, match="not in this config"):
+        taskcfg.select(spec, "cub")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("benchmark: vtab\ndefaults:\n  lr: 0.1\n  batch_size: 32   # source: x\n  method_args:\n"
+                   "    rank: 1# source: no blank before '#'\ntasks:\n  cifar: {}\n")
+    assert taskcfg.undocumented(bad) == [f"{bad}:3: lr: 0.1", f"{bad}:6: rank: 1# source: no blank before '#'",
+                                         f"{bad}:8: cifar: {{}}"]
+    bad.write_text("benchmark: vtab\ndefaults:\n  lr: 0.1\n  batch_size: 32\n  method_args: {}\ntasks:\n"
+                   "  cifar: {}\n")
+    assert taskcfg.validate(taskcfg.load(bad)) == ["cifar: no value for method", "cifar: no value for method_args",
+                                                   "cifar: no value for weight_decay", "cifar: no value for epochs"]
+    bad.write_text("benchmark: vtab\ndefaults: {}\ntasks:\n  cifar100: {}\n")
+    with pytest.raises(taskcfg.ConfigError, match="unknown vtab task"):
+        taskcfg.load(bad)
+
+
+def _sweep(script: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ROOT / "reproduce" / script), *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_dry_run_prints_the_exact_commands(tmp_path):
+    done = tmp_path / "out" / "snell_vtab" / "cifar" / "seed1"
+    done.mkdir(parents=True)
+    (done / "results.json").write_text("{}")
+    p = _sweep("snell_vtab.sh", {"OUT": str(tmp_path / "out"), "TASKS": "cifar dtd", "SEEDS": "2", "EPOCHS": "3",
+                                 "VTAB_ROOT": str(tmp_path / "nowhere"), "PRECISION": "bf16"}, "--dry-run")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    run = tmp_path / "out" / "snell_vtab" / "dtd" / "seed0"
+    assert (f"python -m reproduce.taskcfg reproduce/configs/snell_vtab.yaml dtd --out {run}/config.yaml --epochs 3"
+            in lines)
+    assert (f"python train.py --config {run}/config.yaml --dataset dtd --data-root {tmp_path}/nowhere --arch "
+            "vit_base_patch16_224 --pretrained vit_base_patch16_224.orig_in21k --img-size 224 --precision bf16 "
+            f"--protocol paper --seed 0 --out {run}") in lines
+    assert sum("python train.py" in line for line in lines) == 3  # cifar seed 0, dtd seeds 0 and 1
+    assert any("cifar seed 1: done" in line and "skipped" in line for line in lines)
+    assert lines[-1].startswith(f"python reproduce/verify.py {tmp_path}/out/snell_vtab --config "
+                                "reproduce/configs/snell_vtab.yaml --tasks cifar dtd")
+    assert "VTAB-1k is not there" in p.stderr and not run.exists()  # a dry run writes nothing
+
+
+def test_missing_data_or_weights_say_how_to_get_them(tmp_path):
+    p = _sweep("householder_fgvc.sh", {"OUT": str(tmp_path), "FGVC_ROOT": str(tmp_path / "fgvc"), "TASKS": "cub"})
+    assert p.returncode == 3 and "data.fgvc_splits" in p.stderr and "XiN0919/FGVC" in p.stderr
+    assert not (tmp_path / "hta_fgvc").exists()
+    assert "ViT-B_16.npz" in preflight.check_weights(str(tmp_path / "ViT-B_16.npz"))[0][0]
+    assert "ambiguous" in preflight.check_weights("vit_base_patch16_224_in21k")[0][0]
+    assert preflight.check_weights("none") == ([], ["WEIGHTS=none: random initialisation — only meaningful for "
+                                                    "smoke runs"])
+    (tmp_path / "vtab" / "Flowers102").mkdir(parents=True)  # an alias folder is found, its missing files reported
+    (tmp_path / "vtab" / "Flowers102" / "train800val200.txt").write_text("")
+    problems = preflight.check_data("vtab", tmp_path / "vtab", ["oxford_flowers102"])
+    assert len(problems) == 1 and "missing split file(s) test.txt" in problems[0]
+    assert "prepare_vtab" in problems[0]
+
+
+# ------------------------------------------------------------------------------------------------------- search.py
+def test_choose_prefers_score_then_smaller_lr():
+    pts = [({"lr": 0.01}, 80.0), ({"lr": 0.001}, 80.0), ({"lr": 0.1}, 79.0), ({"lr": 0.001, "x": 1}, 80.0)]
+    assert search.choose(pts) == ({"lr": 0.001}, 80.0)
+    assert search.val_score({"epochs": 2, "history": [{"epoch": 1, "val_acc": 90.0}, {"epoch": 2, "val_acc": 50.0}]}) \
+        == 50.0  # the last epoch, not the best
+    with pytest.raises(ValueError, match="protocol clean"):
+        search.val_score({"epochs": 2, "history": [{"epoch": 2, "test_acc": 1.0}]})
+
+
+def test_search_selects_on_val_and_writes_the_config(tmp_path, monkeypatch):
+    """The staged search over already finished trials (their results.json exist, so nothing trains): stage 1 picks
+    the lr/wd, stage 2 the batch/dropout around it; the rewritten config is valid and documented."""
+    cfg = tmp_path / "hta_vtab.yaml"
+    cfg.write_text((ROOT / "reproduce/configs/hta_vtab.yaml").read_text())
+    spec = taskcfg.load(cfg)
+    out = tmp_path / "runs" / "hta_vtab_search" / "dtd"
+
+    def score(p):  # best: lr 0.005, wd 0.001 in stage 1 (tie at lr 0.01 loses), then batch 16 / dropout 0
+        s = 60.0 + (5 if (p["lr"], p["weight_decay"]) in ((0.005, 0.001), (0.01, 0.001)) else 0)
+        return s + (3 if (p["batch_size"], p["dropout"]) == (16, 0) else 0)
+
+    s1 = search.grid_points(spec["search"]["stage1"])
+    best = {"lr": 0.005, "weight_decay": 0.001, "batch_size": 32, "dropout": 0.1}
+    s2 = [{k: p[k] for k in best} for p in search.grid_points(spec["search"]["stage2"],
+                                                               {"lr": 0.005, "weight_decay": 0.001})]
+    for p in s1 + s2:
+        d = out / search.trial_name(p)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "results.json").write_text(json.dumps({"epochs": 100, "history": [{"epoch": 100,
+                                                                                "val_acc": score(p)}]}))
+    vtab = tmp_path / "vtab" / "dtd"
+    vtab.mkdir(parents=True)
+    for s in ("train800", "val200", "test"):
+        (vtab / f"{s}.txt").write_text("")
+    assert search.main(["--config", str(cfg), "--tasks", "dtd", "--out", str(tmp_path / "runs"), "--data-root",
+                        str(tmp_path / "vtab"), "--weights", "none"]) == 0
+    new = taskcfg.load(cfg)
+    assert new["selection"] == "val"
+    chosen = taskcfg.resolve(new, "dtd")
+    assert (chosen["lr"], chosen["weight_decay"], chosen["batch_size"], chosen["method_args"]) == \
+        (0.005, 0.001, 16, {"rank": 1, "dropout": 0})
+    assert taskcfg.resolve(new, "cifar") == taskcfg.resolve(spec, "cifar")  # other tasks untouched
+    assert taskcfg.undocumented(cfg) == [] and "val top-1 68.00" in cfg.read_text()
+    assert "    method_args: {dropout: 0} # source: reproduce/search.py" in cfg.read_text()
+    assert "# search: reproduce/search.py, reduced staged grid" in cfg.read_text()
+    summary = json.loads((out / "search.json").read_text())
+    assert len(summary["trials"]) == len(s1) + len(s2) - 1  # the stage-1 anchor is not run twice
+    assert summary["chosen"] == {"lr": 0.005, "weight_decay": 0.001, "batch_size": 16, "dropout": 0}
