@@ -1,0 +1,114 @@
+"""Visual Prompt Tuning (Jia et al., 2022), shallow and deep (spec: specs/baselines.md §7).
+
+p learnable prompt tokens of width D go **after** the cls token and **before** the patch tokens, after the position
+embedding (prompts get none). Both variants use the ``block.tokens_in`` hook:
+
+* ``vpt_shallow``: block 0 inserts the prompts, (B, 1 + N, D) -> (B, 1 + p + N, D); later blocks carry the prompt
+  outputs along. Count D·p (7,680 at p = 10 for ViT-B/16).
+* ``vpt_deep``: block 0 inserts; at the input of every block i = 1…L−1 the previous block's p prompt outputs are
+  **replaced** by a fresh set, (B, 1 + p + N, D) -> (B, 1 + p + N, D). Count L·D·p (92,160 at p = 10).
+
+Initialisation as ``KMnP/vpt`` (``src/models/vit_prompt/vit.py``): uniform(−v, v) with
+v = √(6 / (C·patch² + D)), C = input channels (3), i.e. 0.0625 for ViT-B/16; computed from the model. Prompt dropout
+(``MODEL.PROMPT.DROPOUT``) acts on the prompts as they enter. The head reads token 0, which stays the cls token;
+prompt outputs are discarded. Not mergeable: ``models.merge`` raises ``ValueError``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .base import Method, register
+
+__all__ = ["VPTShallow", "VPTDeep", "PromptInsert", "PromptReplace", "prompt_init_bound"]
+
+
+def prompt_init_bound(model: nn.Module) -> float:
+    """VPT's uniform bound v = √(6 / (C·patch² + D)) for ``model`` (0.0625 for ViT-B/16)."""
+    proj = model.patch_embed.proj  # Conv2d(C, D, patch, patch)
+    fan = proj.in_channels * math.prod(proj.kernel_size)
+    return math.sqrt(6.0 / (fan + model.embed_dim))
+
+
+class _Prompts(nn.Module):
+    """Owns one set of p prompts (1, p, D) and its dropout."""
+
+    def __init__(self, dim: int, tokens: int, bound: float, dropout: float = 0.0, device=None):
+        super().__init__()
+        self.tokens = tokens
+        self.prompt = nn.Parameter(torch.empty(1, tokens, dim, device=device))
+        self.drop = nn.Dropout(dropout)
+        self.bound = bound
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.uniform_(self.prompt, -self.bound, self.bound)
+
+    def _expanded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.prompt.to(x.dtype).expand(x.shape[0], -1, -1))  # (B, p, D)
+
+    def extra_repr(self) -> str:
+        return f"tokens={self.tokens}, dim={self.prompt.shape[-1]}"
+
+
+class PromptInsert(_Prompts):
+    """(B, 1 + N, D) -> (B, 1 + p + N, D): [cls, prompts, patches]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :1], self._expanded(x), x[:, 1:]], dim=1)
+
+
+class PromptReplace(_Prompts):
+    """(B, 1 + p + N, D) -> (B, 1 + p + N, D): the previous block's prompt outputs are dropped for fresh prompts."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x[:, :1], self._expanded(x), x[:, 1 + self.tokens:]], dim=1)
+
+
+@register
+@dataclasses.dataclass
+class VPTShallow(Method):
+    """VPT-Shallow. Keyword arguments:
+
+    * ``tokens`` — prompt length p ≥ 1 (10; VPT picks it per task from {1, 5, 10, 50, 100, 200}: take the value
+      from the task config).
+    * ``dropout`` — prompt dropout (0).
+
+    Head: trunc-normal (std .02).
+    """
+
+    name: ClassVar[str] = "vpt_shallow"
+    mergeable: ClassVar[bool] = False
+    deep: ClassVar[bool] = False
+
+    tokens: int = 10
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
+            raise ValueError(f"{self.name}: tokens must be an integer >= 1, got {self.tokens!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{self.name}: dropout must be in [0, 1), got {self.dropout!r}")
+
+    def install(self, model: nn.Module) -> None:
+        bound = prompt_init_bound(model)
+        blocks = model.blocks if self.deep else model.blocks[:1]
+        for i, blk in enumerate(blocks):
+            if not isinstance(blk.tokens_in, nn.Identity):
+                raise ValueError(f"{self.name}: block.tokens_in is already in use; install one method only")
+            cls = PromptInsert if i == 0 else PromptReplace
+            blk.tokens_in = cls(model.embed_dim, self.tokens, bound, self.dropout, device=blk.norm1.weight.device)
+
+
+@register
+@dataclasses.dataclass
+class VPTDeep(VPTShallow):
+    """VPT-Deep: fresh prompts at the input of every block (``tokens``, ``dropout`` as ``vpt_shallow``)."""
+
+    name: ClassVar[str] = "vpt_deep"
+    deep: ClassVar[bool] = True
