@@ -35,7 +35,6 @@ from .tasks import (DEMO_NUM_CLASSES, DEMO_TASKS, FGVC_DATASETS, FGVC_NUM_CLASSE
                     NUM_CLASSES, VTAB_GROUPS, VTAB_NUM_CLASSES, VTAB_SPLIT_SIZES, VTAB_SPLITS, VTAB_TASKS,
                     VTAB_TEST_SIZES, resolve_task)
 from .cache import default_cache_dir
-from .demo import make_demo
 
 __all__ = [
     "DataError", "Split", "Loader", "Aug", "AUG_KINDS", "load_split", "resolve_task", "make_demo",
@@ -77,6 +76,14 @@ def load_split(dataset: str, root: str | Path | None, split: str, img_size: int 
     return load_vtab_split(canonical, root, split, img_size, cache_dir, strict_counts=strict_counts,
                            interpolation=interpolation or "bicubic", use_cache=use_cache, num_workers=num_workers,
                            verbose=verbose, benchmark=bench)
+
+
+def make_demo(root, task: str = "demo", n_train: int = 800, n_val: int = 200, n_test: int = 300, size: int = 32,
+              seed: int = 0) -> Path:
+    """Generate a demo task in the VTAB layout under ``root`` (see :mod:`data.demo`); returns ``<root>/<task>``."""
+    from .demo import make_demo as _make_demo  # lazy, so ``python -m data.demo`` runs cleanly
+
+    return _make_demo(root, task, n_train, n_val, n_test, size, seed)
 
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from data import VTAB_NUM_CLASSES, VTAB_TASKS, DataError, load_split
