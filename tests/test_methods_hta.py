@@ -11,6 +11,16 @@ import torch.nn.functional as F
 import models
 from models.methods.hta import HTA, HTAAdapter, HTALinear, hta_branch_reference, householder
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 HTA_NAMES = ("v_left", "v_right", "d", "down", "up")
 VTAB_SUM_C, FGVC_SUM_C = 940, 1173  # 19 VTAB tasks, 5 FGVC datasets (specs README, hta.md §4)
 
@@ -292,3 +302,14 @@ def test_registered_with_defaults():
     assert isinstance(m, HTA) and m.config() == {"rank": 1, "targets": ("q", "k", "v", "proj"), "dropout": 0.0,
                                                  "placement": "linear"}
     assert HTA.head_init == "zeros" and models.METHODS["hta"](targets=["q", "v"]).targets == ("q", "v")
+
+
+def test_forward_compiles_without_graph_breaks_under_autocast():
+    # The eager step is launch-bound (many tiny ops per layer); torch.compile fuses them only if nothing breaks the
+    # graph, e.g. the autocast switch inside hta_delta_weight. dynamo.explain traces without compiling any code.
+    import torch._dynamo as dynamo
+
+    m = _micro(targets=("q", "fc1"), dropout=0.1).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = dynamo.explain(lambda x: m(x).sum())(torch.randn(2, 3, 32, 32))
+    assert explained.graph_break_count == 0, explained.break_reasons
