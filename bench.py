@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-classes", type=int, default=100)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--methods", default="arc,arc_att,hta,lora,lora_all,snell",
-                   help="comma-separated; 'lora_all' = LoRA r8 on all six linears (the SNELL memory reference)")
+                   help="comma-separated; 'lora_all' = LoRA r8 on all six linears (the SNELL memory reference), "
+                        "'snell_nodrop' = SNELL with dropout and drop-path 0")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per row")
@@ -137,11 +138,13 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    special = {"lora_all": ("lora", {"targets": ("q", "k", "v", "proj", "fc1", "fc2")})}
+    special = {"lora_all": ("lora", {"targets": ("q", "k", "v", "proj", "fc1", "fc2")}),
+               # SNELL without its branch dropout / drop-path: the one-GEMM (W + Kˢ) path in training too
+               "snell_nodrop": ("snell", {"dropout": 0.0, "drop_path": 0.0})}
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
         if m not in models.METHODS and m not in special:
-            print(f"error: --methods: unknown method {m!r}; known: {', '.join(sorted(models.METHODS))}, lora_all",
+            print(f"error: --methods: unknown method {m!r}; known: {', '.join(sorted([*models.METHODS, *special]))}",
                   file=sys.stderr)
             return 2
     rows: dict[str, dict] = {}

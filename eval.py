@@ -45,6 +45,7 @@ def model_from_run(run: Path, device: str):
     if "head.weight" not in tensors:
         raise T.RunError(f"{run / 'adapter.safetensors'} holds no head.weight: not an adapter checkpoint")
     num_classes = tensors["head.weight"].shape[0]
+    T.seed_everything(cfg["seed"])  # as train.py: reproduces a randomly initialised (pretrained none) backbone
     model = models.create_model(cfg["arch"], cfg["method"], num_classes=num_classes, pretrained=cfg["pretrained"],
                                 img_size=cfg["img_size"], drop_rate=cfg["drop_rate"],
                                 drop_path_rate=cfg["drop_path_rate"], **cfg["method_args"])

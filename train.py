@@ -1,6 +1,6 @@
 """Train one method on one dataset: config -> model -> data -> loop -> <out>/{results.json, adapter.safetensors, tb/}.
 
-    python train.py                                   # HTA on the built-in demo task, tiny ViT, CPU, ~1 minute
+    python train.py                                   # HTA on a generated demo task, tiny ViT, CPU, seconds
     python train.py --method snell --dataset cifar --data-root ~/data/vtab-1k \
         --pretrained vit_base_patch16_224.orig_in21k --config reproduce/configs/snell_vtab_cifar.yaml
     python train.py --resume runs/cifar_snell_...     # continue a killed run (bit-identical on the CPU)
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent
 OPTIONS: dict[str, tuple[object, str]] = {
     "method": ("hta", "method name (see models.METHODS)"),
     "method_args": ({}, "method keyword arguments (YAML mapping; flags: --method-args rank=1 dropout=0.1)"),
-    "dataset": ("demo", "VTAB task, FGVC dataset, 'demo' or 'demo_shape' (generated, no download)"),
+    "dataset": ("demo_shape", "VTAB task, FGVC dataset, or a generated demo task (demo_shape, demo_ori, demo)"),
     "data_root": (None, "root folder holding <task>/ (VTAB) or the FGVC dataset folder; demo: generated if absent"),
     "cache_dir": (None, "decoded-image cache (default $VIT_PEFT_CACHE or ~/.cache/vit_peft)"),
     "arch": (None, "architecture (default vit_base_patch16_224; demo: vit_micro_patch8)"),
@@ -46,7 +46,7 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "epochs": (None, "training epochs (default 100; demo: 30)"),
     "batch_size": (32, "training batch size"),
     "eval_batch_size": (256, "evaluation batch size"),
-    "lr": (1e-3, "peak learning rate"),
+    "lr": (None, "peak learning rate (default 1e-3; demo: 1e-2)"),
     "weight_decay": (1e-4, "AdamW weight decay"),
     "wd_scope": ("matrices", "'matrices': decay only weights with ndim > 1 that are not tokens/embeddings; 'all'"),
     "warmup_epochs": (None, "linear warm-up epochs (default: 10%% of the epochs, at most 10)"),
@@ -73,7 +73,7 @@ def _float_or_none(text: str) -> float | None:
     return None if text.lower() in ("none", "null", "") else float(text)
 
 
-TYPES = {"grad_clip": _float_or_none, "drop_path_rate": _float_or_none, "warmup_epochs": int, "epochs": int,
+TYPES = {"lr": float, "grad_clip": _float_or_none, "drop_path_rate": _float_or_none, "warmup_epochs": int, "epochs": int,
          "img_size": int}
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "prompt")
 
@@ -162,7 +162,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
             raise RunError(f"{key}={cfg[key]!r}: choose one of {', '.join(choices)}")
     demo = str(cfg["dataset"]).startswith("demo")
     fill = {"arch": ("vit_micro_patch8", "vit_base_patch16_224"), "img_size": (32, 224), "epochs": (30, 100),
-            "pretrained": ("none", "vit_base_patch16_224.orig_in21k")}
+            "pretrained": ("none", "vit_base_patch16_224.orig_in21k"), "lr": (1e-2, 1e-3)}
     for key, (demo_value, value) in fill.items():
         if cfg[key] is None:
             cfg[key] = demo_value if demo else value
@@ -200,7 +200,8 @@ def lr_at(cfg: dict, step: int, epoch: int, steps_per_epoch: int) -> float:
     W, T = warm * steps_per_epoch, epochs * steps_per_epoch
     if step < W:
         return base * step / W
-    return base * max(cfg["min_lr_factor"], 0.5 * (1 + math.cos(math.pi * (step - W) / max(T - W, 1))))
+    progress = min(step - W, T - W) / max(T - W, 1)
+    return base * max(cfg["min_lr_factor"], 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, scope: str) -> list[dict]:
@@ -344,8 +345,8 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
 
     out = Path(cfg["out"])
     device = torch.device(cfg["device"])
-    seed_everything(cfg["seed"])
     benchmark, dataset, splits, loaders = build_data(cfg)
+    seed_everything(cfg["seed"])  # right before the model: eval.py rebuilds a randomly initialised backbone the same way
     model = models.create_model(cfg["arch"], cfg["method"], num_classes=splits["train"].num_classes,
                                 pretrained=cfg["pretrained"], img_size=cfg["img_size"], drop_rate=cfg["drop_rate"],
                                 drop_path_rate=cfg["drop_path_rate"], **cfg["method_args"]).to(device)

@@ -1,0 +1,227 @@
+"""train.py / eval.py end to end on the generated demo tasks (CPU, tiny ViT, seconds per run)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval as E
+import train as T
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--arch", "vit_micro_patch8", "--img-size", "32", "--pretrained", "none", "--batch-size", "50",
+        "--eval-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+class Ran:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run(args, cache, expect=0) -> Ran:
+    """train.main in this process (no interpreter start-up per run); stdout/stderr captured."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.environ.get("VIT_PEFT_CACHE")
+    os.environ["VIT_PEFT_CACHE"] = str(cache)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = T.main([str(a) for a in args])
+    finally:
+        if old is None:
+            os.environ.pop("VIT_PEFT_CACHE", None)
+        else:
+            os.environ["VIT_PEFT_CACHE"] = old
+    p = Ran(code, out.getvalue(), err.getvalue())
+    assert code == expect, f"exit {code}\nstdout:\n{p.stdout[-2000:]}\nstderr:\n{p.stderr[-3000:]}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory, cache):
+    """A tiny ViT pre-trained (full fine-tuning, a few seconds) on demo_ori (bar orientation): the 'pre-trained
+    weights' that the methods then adapt to demo_shape (shape type), a task it was not trained on."""
+    out = tmp_path_factory.mktemp("pre") / "run"
+    run(["--method", "full", "--dataset", "demo_ori", *FAST, "--epochs", "8", "--lr", "2e-3",
+         "--weight-decay", "0.05", "--warmup-epochs", "1", "--out", out], cache)
+    res = json.loads((out / "results.json").read_text())
+    assert res["acc_last"] > 80.0, res["acc_last"]  # 4 classes: chance is 25 %
+    return out / "adapter.safetensors"
+
+
+@pytest.mark.parametrize("method,lr", [("hta", 1e-2), ("arc", 1e-2), ("snell", 1e-2), ("lora", 1e-2)])
+def test_methods_learn_a_new_task_through_train_py(method, lr, backbone, cache, tmp_path):
+    out = tmp_path / method
+    run(["--method", method, "--dataset", "demo_shape", "--pretrained", backbone, "--arch", "vit_micro_patch8",
+         "--img-size", "32", "--batch-size", "50", "--epochs", "8", "--warmup-epochs", "1", "--lr", lr,
+         "--eval-every", "1", "--eval-initial", "true", "--out", out], cache)
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"] == method and res["params_trainable"] > res["params_trainable_no_head"] > 0
+    assert res["acc_initial"] is not None
+    assert res["acc_last"] > 45.0, res  # 4 balanced classes: chance 25 %
+    assert res["acc_last"] > res["acc_initial"] + 15.0, res
+    assert res["acc_best_test"] >= res["acc_last"] and "TEST" in res["acc_best_test_note"]
+
+
+def test_tensorboard_events_hold_the_documented_tags(cache, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb_run"
+    run(["--method", "hta", "--dataset", "demo", *FAST, "--epochs", "2", "--out", out], cache)
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/acc", "eval/test/acc", "perf/img_per_s"} <= tags, tags
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == list(range(len(steps))) and len(steps) == 2 * 1000 // 50  # per step, no gaps
+    hp = EventAccumulator(str(out / "tb" / "hparams"))
+    hp.Reload()
+    assert any("hparams" in t for t in hp.Tags()["tensors"]) or hp.summary_metadata, "no add_hparams record"
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
+    common = ["--method", "snell", "--dataset", "demo", *FAST, "--epochs", "4", "--warmup-epochs", "1"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run([*common, "--out", whole], cache)
+    run([*common, "--out", killed, "--stop-after-epochs", "2"], cache)
+    assert not (killed / "results.json").exists() and (killed / "train_state.pt").exists()
+    run(["--resume", killed], cache)
+    a, b = (json.loads((d / "results.json").read_text()) for d in (whole, killed))
+    for key in ("acc_last", "acc_best_test", "acc_best_test_epoch"):
+        assert a[key] == b[key], key
+    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(whole / "adapter.safetensors")), load_file(str(killed / "adapter.safetensors"))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)  # bit-identical on the CPU
+
+
+def test_atomic_write_never_leaves_a_half_written_file(tmp_path):
+    target = tmp_path / "train_state.pt"
+    target.write_text("previous complete checkpoint")
+
+    def broken(p: Path):
+        p.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        T.atomic_write(target, broken)
+    assert target.read_text() == "previous complete checkpoint"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["train_state.pt"]
+
+
+def test_clean_protocol_selects_on_val_and_eval_merge_agrees(cache, tmp_path, capsys):
+    out = tmp_path / "clean"
+    run(["--method", "hta", "--dataset", "demo", *FAST, "--epochs", "3", "--protocol", "clean", "--lr", "5e-3",
+         "--method-args", "rank=2", "--out", out], cache)
+    res = json.loads((out / "results.json").read_text())
+    assert res["splits"]["train"]["name"] == "train800" and res["splits"]["val"]["name"] == "val200"
+    assert res["acc_best_test"] is None and res["acc_val_selected"] is not None
+    assert 1 <= res["val_selected_epoch"] <= 3 and res["method_args"]["rank"] == 2
+    os.environ["VIT_PEFT_CACHE"] = str(cache)
+    assert E.main(["--run", str(out), "--merge", "--device", "cpu"]) == 0
+    stdout = capsys.readouterr().out
+    accs = [float(line.split(": ")[1].split("%")[0]) for line in stdout.splitlines() if "% top-1" in line]
+    assert len(accs) == 2 and abs(accs[0] - accs[1]) <= 0.01
+    assert abs(accs[0] - res["acc_last"]) <= 0.01  # eval.py reproduces the run's own last-epoch number
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "lorra"], "unknown method 'lorra'"),
+    (["--arch", "vit_bass"], "unknown arch"),
+    (["--dataset", "cifarr"], "cifar"),
+    (["--method-args", "rank"], "is not key=value"),
+    (["--method", "hta", "--method-args", "rnak=2"], "bad arguments for method 'hta'"),
+    (["--pretrained", "/nonexistent/ViT-B_16.npz"], "/nonexistent/ViT-B_16.npz"),
+])
+def test_bad_input_gives_one_clear_error_and_writes_nothing(args, message, cache, tmp_path):
+    out = tmp_path / "bad"
+    p = run(["--dataset", "demo", *FAST, "--epochs", "1", *args, "--out", out], cache, expect=2)
+    assert message in p.stderr and "Traceback" not in p.stderr
+    assert not (out / "results.json").exists()
+
+
+def test_nan_loss_stops_naming_epoch_and_step(cache, tmp_path):
+    out = tmp_path / "nan"
+    p = run(["--method", "full", "--dataset", "demo", *FAST, "--epochs", "2", "--warmup-epochs", "0",
+             "--lr", "1e12", "--out", out], cache, expect=3)
+    assert "epoch 1, step" in p.stderr and "lower --lr" in p.stderr
+    assert not (out / "results.json").exists()
+
+
+def test_finished_run_is_not_overwritten_without_flag(cache, tmp_path):
+    out = tmp_path / "done"
+    run(["--method", "linear", "--dataset", "demo", *FAST, "--epochs", "1", "--out", out], cache)
+    before = (out / "results.json").read_text()
+    p = run(["--method", "linear", "--dataset", "demo", *FAST, "--epochs", "1", "--out", out], cache, expect=2)
+    assert "--overwrite" in p.stderr and (out / "results.json").read_text() == before
+    run(["--method", "linear", "--dataset", "demo", *FAST, "--epochs", "1", "--out", out, "--overwrite"], cache)
+
+
+def test_yaml_config_is_overridden_by_flags_and_unknown_keys_rejected(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 0.01\nbatch_size: 16\nmethod_args: {rank: 2, dropout: 0.1}\n")
+    args = T.build_parser().parse_args(["--config", str(cfg), "--lr", "0.5", "--method-args", "dropout=0.2"])
+    c = T.resolve_config(args)
+    assert c["lr"] == 0.5 and c["batch_size"] == 16 and c["method_args"] == {"rank": 2, "dropout": 0.2}
+    cfg.write_text("learning_rate: 0.01\n")
+    with pytest.raises(T.RunError, match="learning_rate"):
+        T.resolve_config(T.build_parser().parse_args(["--config", str(cfg)]))
+
+
+def test_schedules_match_the_specs():
+    cfg = {"lr": 1e-3, "epochs": 100, "warmup_epochs": 10, "schedule": "per_epoch_timm", "min_lr_factor": 1e-6}
+    lrs = [T.lr_at(cfg, 0, e, 32) for e in range(100)]
+    # snell.md §11: e0 = e1 = 1e-6; e2 ≈ 1.01e-4; e11 ≈ 9.76e-4
+    assert lrs[0] == lrs[1] == 1e-6 and abs(lrs[2] - 1.009e-4) < 1e-10 and abs(lrs[11] - 9.76e-4) < 1e-6
+    cfg["schedule"] = "per_step"
+    steps = 32
+    assert T.lr_at(cfg, 0, 0, steps) == 0.0  # arc.md §7.1: the first update uses lr 0
+    assert abs(T.lr_at(cfg, 160, 5, steps) - 0.5e-3) < 1e-12
+    assert abs(T.lr_at(cfg, 320, 10, steps) - 1e-3) < 1e-12
+    assert T.lr_at(cfg, 3199, 99, steps) < 1e-5 and T.lr_at(cfg, 10**6, 99, steps) == 1e-3 * 1e-6
+
+
+def test_weight_decay_groups_exclude_biases_norms_and_tokens():
+    import models
+
+    m = models.create_model("vit_micro_patch8", "full", num_classes=3, img_size=32)
+    decay, no_decay = T.param_groups(m, 0.1, "matrices")
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert all(p.ndim > 1 for p in decay["params"])
+    excluded = {names[id(p)] for p in no_decay["params"]}
+    assert {"cls_token", "pos_embed", "head.bias", "norm.weight", "blocks.0.attn.q.bias"} <= excluded
+    assert len(T.param_groups(m, 0.1, "all")) == 1
+
+
+def test_no_arguments_trains_hta_on_the_demo_from_a_clean_checkout(tmp_path):
+    """`python train.py` exactly as the README says, in a copy of the tracked sources (so no runs/ is left here)."""
+    import shutil
+
+    repo = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    for f in files + ["train.py", "eval.py"]:
+        if (ROOT / f).is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    env = dict(os.environ, VIT_PEFT_CACHE=str(tmp_path / "cache"))
+    p = subprocess.run([sys.executable, "train.py"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = list((repo / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("demo_shape_hta_")
+    res = json.loads((runs[0] / "results.json").read_text())
+    assert res["method"] == "hta" and res["dataset"] == "demo_shape"
+    assert res["acc_last"] > 50.0  # 4 classes; HTA on a random frozen micro-ViT still learns the shapes
+    assert f"results: {runs[0] / 'results.json'}" in p.stdout and "tensorboard --logdir" in p.stdout
