@@ -62,6 +62,7 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "protocol": ("paper", "'paper' (test-set selected max + last) or 'clean' (val-selected)"),
     "eval_every": (10, "evaluate every N epochs (plus each of the last eval_last epochs)"),
     "eval_last": (10, "always evaluate each of the last N epochs"),
+    "eval_merged": (True, "evaluate the merged plain ViT (mergeable methods): same numbers, plain-ViT speed"),
     "eval_initial": (False, "also evaluate before training (epoch 0 on the curves; acc_initial in results.json)"),
     "device": (None, "cuda | cpu (default: cuda when available)"),
     "out": (None, "run directory (default runs/<dataset>_<method>_<time>)"),
@@ -318,15 +319,22 @@ def autocast(cfg: dict):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, cfg: dict) -> float:
-    """Top-1 accuracy in percent. One host sync per call."""
+def evaluate(model: torch.nn.Module, loader, cfg: dict, merged: bool = False) -> float:
+    """Top-1 accuracy in percent. One host sync per call.
+
+    ``merged``: evaluate ``models.merge(model)`` instead (for mergeable methods): the plain ViT runs at plain-ViT
+    speed whatever the method, and equals the adapted model up to float rounding (tests/test_merge*).
+    """
+    import models
+
     was_training = model.training
     model.eval()
+    net = models.merge(model) if merged and model.method.mergeable else model
     correct = torch.zeros((), dtype=torch.long, device=cfg["device"])
     n = 0
     for x, y in loader:
         with autocast(cfg):
-            logits = model(x)
+            logits = net(x)
         correct += (logits.argmax(-1) == y).sum()
         n += y.numel()
     model.train(was_training)
@@ -376,7 +384,7 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
     evals = eval_epochs(cfg)
     if cfg["eval_initial"] and not resume:
         split = "val" if cfg["protocol"] == "clean" else "test"
-        state["acc_initial"] = evaluate(model, loaders[split], cfg)
+        state["acc_initial"] = evaluate(model, loaders[split], cfg, merged=cfg["eval_merged"])
         writer.add_scalar(f"eval/{split}/acc", state["acc_initial"], 0)
     model.train()
     for epoch in range(state["epoch"], cfg["epochs"]):
@@ -430,7 +438,7 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
             for split in ("val", "test") if cfg["protocol"] == "clean" else ("test",):
                 if split == "test" and cfg["protocol"] == "clean" and epoch != cfg["epochs"] - 1:
                     continue  # clean protocol: the test split is read only for the selected and the last epoch
-                record[f"{split}_acc"] = evaluate(model, loaders[split], cfg)
+                record[f"{split}_acc"] = evaluate(model, loaders[split], cfg, merged=cfg["eval_merged"])
                 writer.add_scalar(f"eval/{split}/acc", record[f"{split}_acc"], epoch + 1)
             if cfg["protocol"] == "clean" and (state["best_val"] is None
                                                or record["val_acc"] > state["best_val"]["val_acc"]):
@@ -478,7 +486,7 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
         bv = state["best_val"]
         last = trainable_state(model)
         model.load_state_dict(bv["trainable"], strict=False)
-        result["acc_val_selected"] = evaluate(model, loaders["test"], cfg)
+        result["acc_val_selected"] = evaluate(model, loaders["test"], cfg, merged=cfg["eval_merged"])
         result["val_selected_epoch"], result["val_acc_selected"] = bv["epoch"], bv["val_acc"]
         model.load_state_dict(last, strict=False)
     hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.items()
