@@ -1,0 +1,266 @@
+"""SNELL: sparse tuning with kernelized LoRA ("Expanding Sparse Tuning for Low Memory Usage", NeurIPS 2024), with the
+official-code semantics of ``ssfgunner/SNELL`` (spec: snell.md; decisions SNELL-D0, SNELL-1).
+
+Every targeted frozen linear (default: q, k, v, proj, fc1, fc2 of every block) gets a dense update built from two
+factor tensors and sparsified at every forward (snell.md §2–3)::
+
+    K[i, j] = 0.1·‖A[0, i] − B[0, j]‖₂ − 0.1·‖A[1, i] − B[1, j]‖₂          A: (2, n_in, r/2), B: (2, n_out, r/2)
+    Kˢ = K ⊙ sg(|K|) ⊙ [|K| > t],  t = quantile(|K|, s)  (per matrix)    s = 0: Kˢ = K (plain KLoRA, no |K| factor)
+    y  = x·Wᵀ + c + DropPath(Drop(x)·Kˢ)                                  nn.Linear layout: ΔW = Kˢᵀ
+
+Module layout (one choice the spec leaves open): each adapted linear is a :class:`SNELLLinear` that owns its own A, B
+and exposes ``delta_weight()`` = Kˢᵀ, also for q, k and v. Their one shared dropout draw of LN1(x) (snell.md §4) is
+made by :class:`SNELLQKVBranch` at ``attn.qkv_branch``, which references (does not own) the q/k/v layers.
+
+Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version the tests compare against):
+
+* each Kˢ and its threshold are computed once per forward; the threshold comes from two ``kthvalue`` selections with
+  ``torch.quantile``'s own rank arithmetic and interpolation (:func:`quantile_threshold`), outside autograd;
+* when a branch is deterministic (eval mode, or dropout = drop_path = 0) the layer runs ONE GEMM with W + Kˢᵀ instead
+  of a second, full-size branch GEMM;
+* the q, k, v kernels (same shape) are built and thresholded as one batch;
+* non-reentrant activation checkpointing (SNELL-1) around kernel construction + its GEMM, so K, the distance
+  matrices and the mask are recomputed in backward instead of stored (snell.md §5).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from .base import LINEAR_NAMES, DeltaLinear, Method, check_targets, iter_linears, register
+
+__all__ = ["SNELL", "SNELLLinear", "SNELLQKVBranch", "kernel", "sparsify", "sparse_kernel", "quantile_threshold",
+           "reference_kernel"]
+
+_QKV = ("q", "k", "v")
+_NO_INPUT_DROPOUT = ("proj",)  # the attention output feeds its branch undropped (snell.md §4)
+
+
+# --------------------------------------------------------------------------------------------------------- kernels
+
+
+def kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Dense KLoRA update K = Σ_p α_p·cdist(A_p, B_p), Euclidean, not squared (snell.md §2).
+
+    A: (..., 2, n_in, r/2), B: (..., 2, n_out, r/2), alpha: (2, 1, 1) -> K: (..., n_in, n_out).
+    """
+    return (alpha * torch.cdist(A, B)).sum(-3)
+
+
+@functools.lru_cache(maxsize=None)
+def _quantile_ranks(q: float, n: int, dtype: torch.dtype) -> tuple[int, int, float]:
+    """(floor index, ceil index, weight) of quantile ``q`` among ``n`` sorted values, with ``torch.quantile``'s
+    arithmetic (checked against it bit for bit): q is first rounded to the input dtype, then rank = q·(n − 1) and
+    weight = rank − floor(rank) are formed in float64; the weight is rounded to the input dtype by the caller."""
+    q_in = float(torch.tensor(q, dtype=dtype if dtype == torch.float64 else torch.float32))
+    rank = q_in * (n - 1)
+    return math.floor(rank), math.ceil(rank), rank - math.floor(rank)
+
+
+def quantile_threshold(a: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(a, q, dim=-1)`` (linear interpolation) by selection instead of a full sort. a: (..., n) -> (...).
+
+    Bit-identical to ``torch.quantile`` for float32/float64 (same rank arithmetic, same ``lerp``), and free of its
+    2²⁴-element limit (snell.md §3 "Size limit").
+    """
+    lo, hi, w = _quantile_ranks(float(q), a.shape[-1], a.dtype)
+    v_lo = a.kthvalue(lo + 1, dim=-1).values  # kthvalue is 1-based
+    if hi == lo:
+        return v_lo  # torch.quantile: lerp(v, v, 0) == v
+    v_hi = a.kthvalue(hi + 1, dim=-1).values
+    return torch.lerp(v_lo, v_hi, torch.full_like(v_lo, w))
+
+
+def sparsify(k: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Kˢ = K ⊙ sg(|K|) ⊙ [|K| > t], t = per-matrix quantile of |K| at ``sparsity`` (snell.md §3, code semantics).
+
+    k: (..., n_in, n_out), one threshold per trailing matrix. ``sparsity == 0`` returns K unchanged (KLoRA: no |K|
+    factor). The gradient reaching K is upstream ⊙ |K| ⊙ M: zero on masked entries, no straight-through estimator.
+    """
+    if sparsity == 0:
+        return k
+    with torch.no_grad():  # selection and mask stay out of the autograd graph
+        mag = k.abs()
+        t = quantile_threshold(mag.flatten(-2), sparsity)  # (...,)
+        keep = mag * (mag > t[..., None, None])  # sg(|K|) ⊙ M
+    return k * keep
+
+
+def sparse_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Kˢ from the factors, batched over leading dims: (..., 2, n_in, h), (..., 2, n_out, h) -> (..., n_in, n_out)."""
+    return sparsify(kernel(A, B, alpha), sparsity)
+
+
+def reference_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The naive per-spec Kˢ of one matrix (snell.md §2–3): one ``cdist`` per segment, ``torch.quantile`` on the
+    flattened |K|, strict mask. A: (2, n_in, h), B: (2, n_out, h), alpha: (2, 1, 1) -> (n_in, n_out). Kept as the
+    test oracle for the fast path; the branch it defines is ``x @ reference_kernel(...)``."""
+    k = sum(alpha[p] * torch.cdist(A[p], B[p]) for p in range(A.shape[0]))
+    if sparsity == 0:
+        return k
+    mag = k.detach().abs()
+    t = torch.quantile(mag.flatten(), sparsity)
+    return k * mag * (mag > t)
+
+
+def _maybe_checkpoint(enabled: bool, fn, *args):
+    """Non-reentrant activation checkpointing (SNELL-1) when gradients are being recorded."""
+    if enabled and torch.is_grad_enabled():
+        return _checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def _branches(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float):
+    """x·Kˢ_m for a batch of m same-shape kernels: x (..., n_in), A (m, 2, n_in, h), B (m, 2, n_out, h)."""
+    return tuple(x @ k for k in sparse_kernel(A, B, alpha, sparsity).unbind(0))
+
+
+# --------------------------------------------------------------------------------------------------------- modules
+
+
+class SNELLLinear(DeltaLinear):
+    """A frozen ``nn.Linear`` plus a SNELL branch: y = base(x) + DropPath(Drop(x)·Kˢ) (snell.md §2–4).
+
+    ``shared_input=True`` (q, k, v): the branch input is the dropout draw that :class:`SNELLQKVBranch` shares between
+    q, k and v, so in regularised training this layer returns ``base(x)`` and the hook adds the branch. Whenever the
+    branch is deterministic (:attr:`fused`) the layer computes ``x·(W + Kˢᵀ)ᵀ + c`` as one GEMM instead.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 8, sparsity: float = 0.9, dropout: float = 0.1,
+                 drop_path: float = 0.1, checkpoint: bool = True, shared_input: bool = False):
+        super().__init__(base)
+        if rank < 2 or rank % 2:
+            raise ValueError(f"rank must be a positive even number (two halves of r/2), got {rank}")
+        kw = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.A = nn.Parameter(torch.empty(2, self.in_features, rank // 2, **kw))  # `In_Qs`
+        self.B = nn.Parameter(torch.empty(2, self.out_features, rank // 2, **kw))  # `Out_Qs`
+        # PyTorch fan_in of a 3-D tensor = n·r/2, so entries ~ U(±1/sqrt(n·r/2)) (snell.md §2 init table).
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))
+        # Fixed ±0.1 segment coefficients (`shared_coeff_fc`, SNELL-D0): a constant, so not trained and not saved.
+        self.register_buffer("alpha", torch.tensor([0.1, -0.1], **kw).view(2, 1, 1), persistent=False)
+        self.sparsity = float(sparsity)
+        self.shared_input = shared_input
+        self.drop = nn.Dropout(dropout) if dropout > 0 and not shared_input else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.regularised = dropout > 0 or drop_path > 0
+        self.checkpoint = checkpoint
+
+    @property
+    def fused(self) -> bool:
+        """True when the branch is deterministic (eval mode, or no dropout/drop-path): one GEMM with W + Kˢᵀ."""
+        return not (self.training and self.regularised)
+
+    def sparse_kernel(self) -> torch.Tensor:
+        """Kˢ (n_in, n_out), exactly as the forward computes it."""
+        return sparse_kernel(self.A, self.B, self.alpha, self.sparsity)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update in ``nn.Linear`` layout (out, in): Kˢᵀ (snell.md §6)."""
+        return self.sparse_kernel().t()
+
+    def _fused_forward(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        k = sparse_kernel(A, B, self.alpha, self.sparsity)  # (n_in, n_out)
+        return F.linear(x, self.base.weight + k.t(), self.base.bias)
+
+    def _branch(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        return x @ sparse_kernel(A, B, self.alpha, self.sparsity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return _maybe_checkpoint(self.checkpoint, self._fused_forward, x, self.A, self.B)
+        y = self.base(x)
+        if self.shared_input:  # the branch arrives through attn.qkv_branch (one dropout draw for q, k and v)
+            return y
+        return y + self.drop_path(_maybe_checkpoint(self.checkpoint, self._branch, self.drop(x), self.A, self.B))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.A.shape[-1] * 2}, "
+                f"sparsity={self.sparsity}, shared_input={self.shared_input}")
+
+
+class SNELLQKVBranch(nn.Module):
+    """``attn.qkv_branch`` for SNELL: x = LN1(h) -> (dq, dk, dv), ONE dropout draw shared by q, k, v (snell.md §4).
+
+    It owns only that dropout; the factors live in the :class:`SNELLLinear` layers at ``attn.q/k/v`` (``None`` for
+    an untargeted one), which it references. Returns ``None`` for a layer whose branch is :attr:`SNELLLinear.fused`
+    (that layer folded Kˢᵀ into its own GEMM). The q/k/v kernels are built and thresholded as one batch.
+    """
+
+    def __init__(self, q: SNELLLinear | None, k: SNELLLinear | None, v: SNELLLinear | None, dropout: float = 0.1,
+                 checkpoint: bool = True):
+        super().__init__()
+        self.__dict__["linears"] = (q, k, v)  # references, not submodules: the layers are registered at attn.q/k/v
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.checkpoint = checkpoint
+
+    def forward(self, x: torch.Tensor):
+        live = [lin for lin in self.linears if lin is not None and not lin.fused]
+        if not live:
+            return None, None, None
+        first = live[0]
+        xd = self.drop(x)  # (B, N, D), the one draw
+        A = torch.stack([lin.A for lin in live])  # (m, 2, D, r/2)
+        B = torch.stack([lin.B for lin in live])  # (m, 2, D, r/2)
+        outs = iter(_maybe_checkpoint(self.checkpoint, _branches, xd, A, B, first.alpha, first.sparsity))
+        return tuple(None if lin is None or lin.fused else lin.drop_path(next(outs)) for lin in self.linears)
+
+
+# ---------------------------------------------------------------------------------------------------------- method
+
+
+@register
+@dataclasses.dataclass
+class SNELL(Method):
+    """SNELL-r on every block linear (snell.md). Trainable: all A, B (165,888·r for ViT-B/16 with all six targets),
+    the cls_token (+768) and the head (+769·C; trunc-normal init). s = 0 gives plain KLoRA.
+
+    Regularisers on by default, as in every official script: branch input Dropout 0.1 (q, k, v share one draw; proj
+    has none; fc1 and fc2 draw their own), per-branch DropPath 0.1, backbone stochastic depth 0 → 0.1.
+    """
+
+    name = "snell"
+    head_init = "trunc_normal"
+    backbone_drop_path = 0.1  # `--drop-path` 0.1 in the official scripts (snell.md §4)
+
+    rank: int = 8  # r (`--low_rank_dim`): A and B hold two r/2-wide halves
+    sparsity: float = 0.9  # s (`--init_thres`): fraction of each |K| zeroed; 0 -> KLoRA
+    targets: tuple = LINEAR_NAMES
+    dropout: float = 0.1  # branch input dropout (`additional_drop`)
+    drop_path: float = 0.1  # per-branch DropPath on the branch output
+    checkpoint: bool = True  # non-reentrant activation checkpointing of kernel construction (SNELL-1)
+
+    def __post_init__(self):
+        self.targets = check_targets(self.targets)
+        if self.rank < 2 or self.rank % 2:
+            raise ValueError(f"rank must be a positive even number, got {self.rank}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity is the fraction of entries zeroed and must be in [0, 1), got {self.sparsity}")
+        for name in ("dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def install(self, model: nn.Module) -> None:
+        model.cls_token.requires_grad_(True)  # ft_cls_token=True (snell.md §1)
+        for _, owner, name, lin in iter_linears(model, self.targets):
+            setattr(owner, name, SNELLLinear(
+                lin, self.rank, self.sparsity, dropout=0.0 if name in _NO_INPUT_DROPOUT else self.dropout,
+                drop_path=self.drop_path, checkpoint=self.checkpoint, shared_input=name in _QKV))
+        for blk in model.blocks:
+            qkv = [getattr(blk.attn, n) if isinstance(getattr(blk.attn, n), SNELLLinear) else None for n in _QKV]
+            if any(lin is not None for lin in qkv):
+                blk.attn.qkv_branch = SNELLQKVBranch(*qkv, dropout=self.dropout, checkpoint=self.checkpoint)
+
+    def merge(self, model: nn.Module) -> None:
+        """W_eff = W₀ + Kˢᵀ per adapted linear, Kˢ computed exactly as in the eval forward (snell.md §6)."""
+        for _, owner, name, lin in iter_linears(model, self.targets):
+            setattr(owner, name, lin.merged())
+        for blk in model.blocks:
+            blk.attn.qkv_branch = None

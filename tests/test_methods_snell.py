@@ -1,0 +1,310 @@
+"""SNELL (spec: snell.md): counts, kernel, sparsification, gradients, wiring, fast path == naive reference, merge."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.spatial.distance import cdist
+from timm.layers import DropPath
+from torch import nn
+
+import models
+from models.methods import snell
+from models.methods.snell import SNELLLinear, SNELLQKVBranch
+
+MICRO = dict(num_classes=5, img_size=32)
+
+
+def _micro(**kw):
+    return models.create_model("vit_micro_patch8", "snell", **MICRO, **kw)
+
+
+def _big_factors(model, std=1.0):
+    """Factors with K ~ 0.1 (instead of ~1e-3 at init), so Kˢ = K·|K| matters next to W in the equivalence tests."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith((".A", ".B")):
+                p.normal_(0, std)
+
+
+# ------------------------------------------------------------------------------------------------------ counts
+
+
+@pytest.mark.parametrize("rank,factors", [(8, 1_327_104), (16, 2_654_208), (32, 5_308_416)])
+def test_vit_b_counts(rank, factors):
+    with torch.device("meta"):
+        m = models.create_model("vit_base_patch16_224", "snell", num_classes=100, rank=rank)
+    assert factors == 165_888 * rank  # snell.md §7
+    assert models.count_parameters(m, head=False) == factors + 768  # + trainable cls_token
+    assert models.count_parameters(m) == factors + 768 + 769 * 100  # + head (D + 1)·C
+    names = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert "cls_token" in names and "pos_embed" not in names and len(names) == 12 * 6 * 2 + 3
+
+
+@pytest.mark.parametrize("arch,factors8", [("vit_large_patch16_224", 3_538_944), ("vit_huge_patch14_224", 5_898_240)])
+def test_large_huge_factor_counts(arch, factors8):
+    with torch.device("meta"):
+        m = models.create_model(arch, "snell", num_classes=10, rank=8)
+    cls = m.cls_token.numel()
+    assert models.count_parameters(m, head=False) == factors8 + cls
+    assert factors8 * 2 == {"vit_large_patch16_224": 7_077_888, "vit_huge_patch14_224": 11_796_480}[arch]
+
+
+def test_sparsity_does_not_change_count_and_alpha_is_fixed():
+    a, b = _micro(sparsity=0.0), _micro(sparsity=0.9)
+    assert models.count_parameters(a) == models.count_parameters(b)
+    lin = b.blocks[0].attn.q
+    assert torch.equal(lin.alpha.flatten(), torch.tensor([0.1, -0.1])) and not lin.alpha.requires_grad
+    assert "blocks.0.attn.q.alpha" not in b.state_dict()
+
+
+# ------------------------------------------------------------------------------------------------------ kernel
+
+
+def test_kernel_equals_scipy_cdist_reference_and_init_scale():
+    torch.manual_seed(0)
+    lin = SNELLLinear(nn.Linear(48, 40), rank=8)
+    A, B = lin.A.detach().double().numpy(), lin.B.detach().double().numpy()
+    ref = 0.1 * cdist(A[0], B[0]) - 0.1 * cdist(A[1], B[1])  # (n_in, n_out), Euclidean, not squared
+    K = snell.kernel(lin.A, lin.B, lin.alpha).detach().double().numpy()
+    assert K.shape == (48, 40) and np.abs(K - ref).max() < 1e-6
+    # kaiming_uniform(a=√5) on the 3-D tensor: bound 1/sqrt(n·r/2)
+    assert lin.A.abs().max() <= 1 / math.sqrt(48 * 4) and lin.B.abs().max() <= 1 / math.sqrt(40 * 4)
+    assert lin.A.abs().max() > 0.9 / math.sqrt(48 * 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_selection_threshold_equals_torch_quantile_exactly(dtype):
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 7, 105, 1920, 4097):
+        a = torch.rand(3, n, generator=g, dtype=dtype)
+        for s in (0.01, 0.08, 0.1, 0.15, 0.25, 0.37, 0.5, 0.74, 0.88, 0.9, 0.99, 0.995):
+            assert torch.equal(snell.quantile_threshold(a, s), torch.quantile(a, s, dim=-1)), (n, s)
+            assert torch.equal(snell.quantile_threshold(a[1], s), torch.quantile(a[1], s)), (n, s)
+    ties = (torch.rand(2, 500, generator=g, dtype=dtype) * 10).round()  # many equal values
+    for s in (0.1, 0.5, 0.9):
+        assert torch.equal(snell.quantile_threshold(ties, s), torch.quantile(ties, s, dim=-1))
+
+
+@pytest.mark.parametrize("shape,s", [((48, 40), 0.1), ((48, 40), 0.37), ((48, 40), 0.5), ((48, 40), 0.9),
+                                     ((48, 40), 0.995), ((5, 21), 0.25)])
+def test_exact_fraction_zeroed(shape, s):
+    torch.manual_seed(0)
+    k = torch.randn(shape)  # distinct |K| values
+    n = k.numel()
+    ks = snell.sparsify(k, s)
+    zeros = int((ks == 0).sum())
+    # |K| <= t is zeroed; t interpolates sorted|K|[floor(s(n-1))] and [ceil(...)], so with distinct values exactly
+    # floor(s·(n−1)) + 1 entries are zeroed ((5, 21) at s = 0.25 has an integral rank 26: t = sorted|K|[26]).
+    assert zeros == math.floor(s * (n - 1)) + 1
+    t = torch.quantile(k.abs().flatten(), s)
+    assert zeros == int((k.abs() <= t).sum())
+    assert abs(zeros / n - s) <= 1.0 / n + 1e-12 or s * (n - 1) % 1 == 0
+    survivors = ks != 0
+    assert torch.equal(ks[survivors], (k * k.abs())[survivors])  # K ⊙ |K| on survivors
+
+
+def test_s0_is_plain_klora():
+    torch.manual_seed(0)
+    k = torch.randn(30, 20)
+    assert snell.sparsify(k, 0.0) is k
+    lin = SNELLLinear(nn.Linear(30, 20), rank=4, sparsity=0.0)
+    assert torch.equal(lin.sparse_kernel(), snell.kernel(lin.A, lin.B, lin.alpha))  # no |K| factor, no zeros
+
+
+def test_gradient_wrt_k_is_upstream_times_abs_k_on_survivors_zero_on_masked():
+    torch.manual_seed(0)
+    k = torch.randn(32, 24, requires_grad=True)
+    up = torch.randn(32, 24)
+    ks = snell.sparsify(k, 0.7)
+    ks.backward(up)
+    mask = ks.detach() != 0
+    assert int((~mask).sum()) == math.floor(0.7 * (32 * 24 - 1)) + 1
+    assert torch.equal(k.grad[~mask], torch.zeros(int((~mask).sum())))
+    assert torch.equal(k.grad[mask], (up * k.detach().abs())[mask])  # no straight-through estimator
+
+
+def test_mask_is_recomputed_every_forward():
+    torch.manual_seed(0)
+    lin = SNELLLinear(nn.Linear(16, 12), rank=4, sparsity=0.5)
+    before = lin.sparse_kernel() != 0
+    with torch.no_grad():
+        lin.A.mul_(-3.0).add_(0.5)
+    after = lin.sparse_kernel() != 0
+    assert not torch.equal(before, after)
+
+
+# ------------------------------------------------------------------------------------------------------ wiring
+
+
+def test_wiring_dropouts_and_drop_paths():
+    m = _micro(dropout=0.1, drop_path=0.1)
+    for blk in m.blocks:
+        a, mlp = blk.attn, blk.mlp
+        assert isinstance(a.qkv_branch, SNELLQKVBranch) and a.qkv_branch.drop.p == 0.1
+        assert a.qkv_branch.linears == (a.q, a.k, a.v)
+        for lin in (a.q, a.k, a.v):  # the input dropout is the hook's single draw
+            assert lin.shared_input and isinstance(lin.drop, nn.Identity)
+        assert not a.proj.shared_input and isinstance(a.proj.drop, nn.Identity)  # proj: no input dropout
+        assert isinstance(mlp.fc1.drop, nn.Dropout) and isinstance(mlp.fc2.drop, nn.Dropout)
+        assert mlp.fc1.drop is not mlp.fc2.drop
+        for lin in (a.q, a.k, a.v, a.proj, mlp.fc1, mlp.fc2):
+            assert isinstance(lin.drop_path, DropPath) and lin.drop_path.drop_prob == 0.1
+    assert m.blocks[1].drop_path1.drop_prob == pytest.approx(0.1)  # backbone stochastic depth 0 -> 0.1
+
+
+def test_qkv_share_one_dropout_mask_and_proj_has_none():
+    torch.manual_seed(0)
+    m = _micro(dropout=0.5, drop_path=0.0).train()
+    _big_factors(m)
+    attn = m.blocks[0].attn
+    seen = {}
+    attn.qkv_branch.drop.register_forward_hook(lambda mod, i, o: seen.__setitem__("xd", o))
+    attn.qkv_branch.register_forward_hook(lambda mod, i, o: seen.__setitem__("d", o))
+    h = torch.randn(2, 17, 64)
+    attn(h)
+    xd, (dq, dk, dv) = seen["xd"], seen["d"]
+    assert (xd == 0).float().mean() > 0.3  # the dropout really fired
+    for d, lin in zip((dq, dk, dv), (attn.q, attn.k, attn.v)):
+        torch.testing.assert_close(d, xd @ lin.sparse_kernel(), rtol=1e-5, atol=1e-6)
+    o = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        train_out = attn.proj(o)
+        attn.proj.eval()
+        eval_out = attn.proj(o)
+    torch.testing.assert_close(train_out, eval_out, rtol=1e-5, atol=1e-6)  # no dropout on proj's branch input
+
+
+def test_deterministic_branches_take_the_single_gemm_path():
+    m = _micro(dropout=0.0, drop_path=0.0).train()
+    blk = m.blocks[0]
+    assert blk.attn.q.fused and blk.attn.qkv_branch(torch.randn(1, 17, 64)) == (None, None, None)
+    r = _micro().train()
+    assert not r.blocks[0].attn.q.fused
+    r.eval()
+    assert r.blocks[0].attn.q.fused and r.blocks[0].mlp.fc2.fused
+
+
+# ------------------------------------------------------------------------------------------------------ fast == reference
+
+
+def _ref_kernel(lin):
+    return snell.reference_kernel(lin.A, lin.B, lin.alpha, lin.sparsity)
+
+
+def _ref_linear(lin, x, x_branch):
+    return F.linear(x, lin.base.weight, lin.base.bias) + lin.drop_path(x_branch @ _ref_kernel(lin))
+
+
+def reference_forward(model, x):
+    """The model's function with SNELL computed naively (cdist per segment, torch.quantile, separate branch GEMM),
+    drawing random numbers in the same order as the modules (dropout before drop-path, q, k, v, proj, fc1, fc2)."""
+    t = model.patch_embed(x)
+    t = model.pos_drop(torch.cat([model.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + model.pos_embed)
+    for blk in model.blocks:
+        a, mlp = blk.attn, blk.mlp
+        h = blk.norm1(t)
+        hd = a.qkv_branch.drop(h)
+        q, k, v = (_ref_linear(lin, h, hd) for lin in (a.q, a.k, a.v))
+        B, N, C = q.shape
+        q, k, v = (z.view(B, N, a.num_heads, a.head_dim).transpose(1, 2) for z in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C)
+        t = t + blk.drop_path1(_ref_linear(a.proj, o, o))
+        h = blk.norm2(t)
+        z = mlp.drop1(mlp.act(_ref_linear(mlp.fc1, h, mlp.fc1.drop(h))))
+        t = t + blk.drop_path2(mlp.drop2(_ref_linear(mlp.fc2, z, mlp.fc2.drop(z))))
+    return model.head(model.norm(t)[:, 0])
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("train,sparsity", [(False, 0.9), (True, 0.9), (True, 0.0), (False, 0.0)])
+def test_fast_path_equals_naive_reference(train, sparsity):
+    torch.manual_seed(0)
+    m = _micro(sparsity=sparsity, dropout=0.3, drop_path=0.2).train(train)
+    _big_factors(m)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(1)
+    out = m(x)
+    F.cross_entropy(out, y).backward()
+    fast = _grads(m)
+    m.zero_grad()
+    torch.manual_seed(1)
+    ref_out = reference_forward(m, x)
+    F.cross_entropy(ref_out, y).backward()
+    ref = _grads(m)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    assert set(fast) == set(ref) and {"cls_token", "head.weight", "blocks.1.mlp.fc2.A"} <= set(fast)
+    for name in fast:  # A, B of every layer, head, cls_token
+        torch.testing.assert_close(fast[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_checkpointing_on_off_gives_equal_gradients():
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    grads = []
+    for ckpt in (True, False):
+        torch.manual_seed(0)
+        m = _micro(checkpoint=ckpt).train()
+        torch.manual_seed(1)
+        F.cross_entropy(m(x), y).backward()
+        grads.append(_grads(m))
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-6, atol=1e-9, msg=name)
+
+
+# ------------------------------------------------------------------------------------------------------ merge / training
+
+
+@pytest.mark.parametrize("sparsity", [0.9, 0.0])
+def test_merge_equivalence(sparsity):
+    torch.manual_seed(0)
+    m = _micro(sparsity=sparsity)
+    _big_factors(m)
+    m.eval()
+    x = torch.randn(3, 3, 32, 32)
+    merged = models.merge(m)
+    with torch.no_grad():
+        assert (m(x) - merged(x)).abs().max() < 1e-4
+        assert (reference_forward(m, x) - merged(x)).abs().max() < 1e-4
+    assert models.method_modules(merged) == []
+    assert all(b.attn.qkv_branch is None for b in merged.blocks)
+    lin = m.blocks[0].mlp.fc1
+    torch.testing.assert_close(merged.blocks[0].mlp.fc1.weight, lin.base.weight + _ref_kernel(lin).t(),
+                               rtol=1e-5, atol=1e-6)  # W_eff = W₀ + Kˢᵀ
+    assert lin.delta_weight().shape == (256, 64)  # nn.Linear layout (out, in)
+
+
+def test_three_adamw_steps_train_every_trainable_tensor():
+    torch.manual_seed(0)
+    m = _micro().train()
+    trainable = {n: p for n, p in m.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in m.named_parameters() if not p.requires_grad}
+    start = {n: p.detach().clone() for n, p in trainable.items()}
+    opt = torch.optim.AdamW(trainable.values(), lr=1e-3, weight_decay=0.01)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    assert all(not torch.equal(p, start[n]) for n, p in trainable.items())
+    assert all(torch.equal(p, frozen[n]) for n, p in m.named_parameters() if not p.requires_grad)
+
+
+def test_targets_subset_and_bad_arguments():
+    m = _micro(targets=("q", "v", "fc2"))
+    a = m.blocks[0].attn
+    assert isinstance(a.q, SNELLLinear) and isinstance(a.k, nn.Linear) and a.qkv_branch.linears[1] is None
+    m.train()
+    dq, dk, dv = a.qkv_branch(torch.randn(1, 17, 64))
+    assert dk is None and dq.shape == dv.shape == (1, 17, 64)
+    m(torch.randn(1, 3, 32, 32))
+    merged = models.merge(m.eval())
+    assert models.method_modules(merged) == []
+    for kw, match in [({"rank": 7}, "rank"), ({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"),
+                      ({"targets": ("qkv",)}, "targets"), ({"dropout": 1.0}, "dropout")]:
+        with pytest.raises(ValueError, match=match):
+            _micro(**kw)
