@@ -87,6 +87,18 @@ def test_selection_threshold_equals_torch_quantile_exactly(dtype):
         assert torch.equal(snell.quantile_threshold(ties, s), torch.quantile(ties, s, dim=-1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_both_order_statistic_selections_agree(dtype):
+    """quantile_threshold picks quickselect on the CPU and a sort on CUDA; both give the same order statistics."""
+    g = torch.Generator().manual_seed(1)
+    for a in (torch.rand(3, 4097, generator=g, dtype=dtype), (torch.rand(2, 500, generator=g, dtype=dtype) * 10).round()):
+        ranks = (0, 1, 250, 499, a.shape[-1] - 1)
+        for x, y in zip(snell._select_kthvalue(a, ranks), snell._select_sort(a, ranks)):
+            assert torch.equal(x, y)
+        ref = a.sort(dim=-1).values
+        assert all(torch.equal(x, ref[..., r]) for x, r in zip(snell._select_sort(a, ranks), ranks))
+
+
 @pytest.mark.parametrize("shape,s", [((48, 40), 0.1), ((48, 40), 0.37), ((48, 40), 0.5), ((48, 40), 0.9),
                                      ((48, 40), 0.995), ((5, 21), 0.25)])
 def test_exact_fraction_zeroed(shape, s):

@@ -14,8 +14,9 @@ made by :class:`SNELLQKVBranch` at ``attn.qkv_branch``, which references (does n
 
 Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version the tests compare against):
 
-* each Kˢ and its threshold are computed once per forward; the threshold comes from two ``kthvalue`` selections with
-  ``torch.quantile``'s own rank arithmetic and interpolation (:func:`quantile_threshold`), outside autograd;
+* each Kˢ and its threshold are computed once per forward; the threshold comes from two order statistics
+  (quickselect on the CPU, one sort on CUDA) with ``torch.quantile``'s own rank arithmetic and interpolation
+  (:func:`quantile_threshold`), outside autograd;
 * when a branch is deterministic (eval mode, or dropout = drop_path = 0) the layer runs ONE GEMM with W + Kˢᵀ instead
   of a second, full-size branch GEMM;
 * the q, k, v kernels (same shape) are built and thresholded as one batch;
@@ -64,17 +65,30 @@ def _quantile_ranks(q: float, n: int, dtype: torch.dtype) -> tuple[int, int, flo
     return math.floor(rank), math.ceil(rank), rank - math.floor(rank)
 
 
+def _select_kthvalue(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
+    """The values of 0-based ``ranks`` along the last dim by quickselect (linear time; fastest on the CPU)."""
+    return [a.kthvalue(r + 1, dim=-1).values for r in ranks]  # kthvalue is 1-based
+
+
+def _select_sort(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
+    """The same values from one sort. On CUDA ``kthvalue`` over a few very long rows (one 768×768 |K| per row) runs
+    one thread block per row: SNELL trained at 44 img/s on an H200 that way (docs/PERFORMANCE.md), while a segmented
+    sort of the same rows is a few fast kernels."""
+    srt = a.sort(dim=-1).values
+    return [srt[..., r] for r in ranks]
+
+
 def quantile_threshold(a: torch.Tensor, q: float) -> torch.Tensor:
-    """``torch.quantile(a, q, dim=-1)`` (linear interpolation) by selection instead of a full sort. a: (..., n) -> (...).
+    """``torch.quantile(a, q, dim=-1)`` (linear interpolation) by selection. a: (..., n) -> (...).
 
     Bit-identical to ``torch.quantile`` for float32/float64 (same rank arithmetic, same ``lerp``), and free of its
-    2²⁴-element limit (snell.md §3 "Size limit").
+    2²⁴-element limit (snell.md §3 "Size limit"). Quickselect on the CPU, one sort on CUDA (see ``_select_sort``).
     """
     lo, hi, w = _quantile_ranks(float(q), a.shape[-1], a.dtype)
-    v_lo = a.kthvalue(lo + 1, dim=-1).values  # kthvalue is 1-based
+    select = _select_sort if a.is_cuda else _select_kthvalue
     if hi == lo:
-        return v_lo  # torch.quantile: lerp(v, v, 0) == v
-    v_hi = a.kthvalue(hi + 1, dim=-1).values
+        return select(a, (lo,))[0]  # torch.quantile: lerp(v, v, 0) == v
+    v_lo, v_hi = select(a, (lo, hi))
     return torch.lerp(v_lo, v_hi, torch.full_like(v_lo, w))
 
 
