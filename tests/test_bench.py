@@ -1,0 +1,26 @@
+"""bench.py on the CPU with a tiny ViT: every row measured side by side, ratios consistent, JSON written."""
+import json
+
+import bench
+
+
+def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    code = bench.main(["--device", "cpu", "--arch", "vit_micro_patch8", "--img-size", "32", "--batch-size", "8",
+                       "--eval-batch-size", "8", "--precision", "fp32", "--steps", "2", "--warmup", "1",
+                       "--methods", "hta,lora,snell_nodrop,adapter", "--project", "--json", str(out)])
+    assert code == 0
+    rep = json.loads(out.read_text())
+    rows = rep["rows"]
+    assert list(rows) == ["floor", "full", "hta", "lora", "snell_nodrop", "adapter"]
+    assert rows["floor"]["x_floor"] == 1.0 and rows["full"]["x_full"] == 1.0
+    for name, r in rows.items():
+        assert r["img_per_s"] > 0 and abs(r["x_floor"] - r["img_per_s"] / rows["floor"]["img_per_s"]) < 1e-9
+    assert "merged_img_per_s" in rows["hta"] and "merged_img_per_s" not in rows["adapter"]  # adapter can't merge
+    assert rows["hta"]["params_no_head"] == 2 * 4 * (3 + 2) * 64  # 2 blocks × q,k,v,proj × (3 + 2r)·D
+    assert rep["projection"]["train_s"] > 0 and rep["device"] and rep["torch"]
+
+
+def test_unknown_method_is_refused(capsys):
+    assert bench.main(["--device", "cpu", "--methods", "hta,nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
