@@ -55,16 +55,22 @@ def build(method: str, args, device: torch.device, **kw):
     return model.to(device)
 
 
+def _compiled(model, args):
+    return model if args.compile == "none" else torch.compile(model, mode=None if args.compile == "default" else
+                                                              args.compile)
+
+
 def bench_train(model, args, device) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=device.type == "cuda")  # as train.py
+    net = _compiled(model, args)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
     model.train()
 
     def step():
         with _autocast(device, args.precision):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(net(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -88,6 +94,7 @@ def bench_train(model, args, device) -> dict:
 @torch.no_grad()
 def bench_infer(model, args, device) -> float:
     model.eval()
+    model = _compiled(model, args)
     x = torch.randn(args.eval_batch_size, 3, args.img_size, args.img_size, device=device)
     for _ in range(args.warmup):
         with _autocast(device, args.precision):
@@ -132,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per row")
     p.add_argument("--json", help="write all numbers here")
+    p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",
+                   help="torch.compile every row's model (training and inference) in this mode")
     p.add_argument("--project", action="store_true", help="project the 19-task HTA sweep time")
     args = p.parse_args(argv)
     device = torch.device(args.device)

@@ -225,3 +225,12 @@ def test_no_arguments_trains_hta_on_the_demo_from_a_clean_checkout(tmp_path):
     assert res["method"] == "hta" and res["dataset"] == "demo_shape"
     assert res["acc_last"] > 50.0  # 4 classes; HTA on a random frozen micro-ViT still learns the shapes
     assert f"results: {runs[0] / 'results.json'}" in p.stdout and "tensorboard --logdir" in p.stdout
+
+
+def test_compiled_forward_trains_to_the_same_loss_as_eager(cache, tmp_path):
+    """--compile: torch.compile of the training forward (inductor on the CPU here; CUDA graphs with reduce-overhead)."""
+    common = ["--method", "hta", "--dataset", "demo_shape", *FAST, "--epochs", "1", "--eval-merged", "false"]
+    run([*common, "--out", tmp_path / "eager"], cache)
+    run([*common, "--compile", "default", "--out", tmp_path / "compiled"], cache)
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("eager", "compiled"))
+    assert abs(a["history"][0]["loss"] - b["history"][0]["loss"]) < 1e-3
