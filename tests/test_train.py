@@ -75,6 +75,14 @@ def test_methods_learn_a_new_task_through_train_py(method, lr, backbone, cache, 
     assert res["acc_best_test"] >= res["acc_last"] and "TEST" in res["acc_best_test_note"]
 
 
+def test_weights_of_another_architecture_are_refused(backbone, cache, tmp_path):
+    out = tmp_path / "wrong_arch"
+    p = run(["--method", "hta", "--dataset", "demo_shape", "--arch", "vit_tiny_patch16_224", "--img-size", "32",
+             "--pretrained", backbone, "--epochs", "1", "--out", out], cache, expect=2)
+    assert "but --arch is vit_tiny_patch16_224" in p.stderr and "Traceback" not in p.stderr
+    assert not (out / "results.json").exists()
+
+
 def test_tensorboard_events_hold_the_documented_tags(cache, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -88,7 +96,8 @@ def test_tensorboard_events_hold_the_documented_tags(cache, tmp_path):
     assert steps == list(range(len(steps))) and len(steps) == 2 * 1000 // 50  # per step, no gaps
     hp = EventAccumulator(str(out / "tb" / "hparams"))
     hp.Reload()
-    assert any("hparams" in t for t in hp.Tags()["tensors"]) or hp.summary_metadata, "no add_hparams record"
+    assert "_hparams_/session_start_info" in hp.summary_metadata  # the run's hyper-parameters (add_hparams)
+    assert {"hparam/acc_last", "hparam/acc_best_test"} <= set(hp.Tags()["scalars"])
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
