@@ -86,7 +86,6 @@ def bench_train(model, args, device) -> dict:
     _sync(device)
     dt = (time.perf_counter() - t0) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    del opt
     return {"img_per_s": args.batch_size / dt, "ms_per_step": dt * 1e3, "peak_mem_gib": peak,
             "params": models.count_parameters(model), "params_no_head": models.count_parameters(model, head=False)}
 

@@ -14,7 +14,6 @@ the maximum (*test-set selected*) accuracy; ``clean`` trains on train800 (FGVC: 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
 import json
 import math

@@ -10,15 +10,6 @@ import models
 from models.methods.fact_tk import FacTLinear, FacTShared
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _micro(seed=0, **kw):
     torch.manual_seed(seed)
     return models.create_model("vit_micro_patch8", "fact_tk", num_classes=5, img_size=32, **kw)

@@ -12,15 +12,6 @@ import models
 from models.methods.hta import HTA, HTAAdapter, HTALinear, hta_branch_reference, householder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 HTA_NAMES = ("v_left", "v_right", "d", "down", "up")
 VTAB_SUM_C, FGVC_SUM_C = 940, 1173  # 19 VTAB tasks, 5 FGVC datasets (specs README, hta.md §4)
 

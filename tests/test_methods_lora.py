@@ -8,15 +8,6 @@ import models
 from models.methods.lora import LoRALinear, LoRAQKV
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _meta(method="lora", **kw):
     with torch.device("meta"):
         return models.create_model("vit_base_patch16_224", method, num_classes=10, **kw)

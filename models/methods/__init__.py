@@ -6,7 +6,9 @@ Adding a method = one new file here defining a ``@register``-ed dataclass subcla
 import importlib
 import pkgutil
 
-from .base import METHODS, Method, register  # noqa: F401
+from .base import METHODS, Method, register
+
+__all__ = ["METHODS", "Method", "register"]
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _mod != "base":

@@ -13,7 +13,8 @@ from typing import ClassVar, Iterator
 import torch
 from torch import nn
 
-__all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "replace_linear", "DeltaLinear",
+__all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "replace_linear", "WrappedLinear",
+           "DeltaLinear",
            "merged_linear", "check_targets"]
 
 METHODS: dict[str, type["Method"]] = {}
@@ -72,12 +73,8 @@ def replace_linear(owner: nn.Module, name: str, new: nn.Module) -> None:
     setattr(owner, name, new)
 
 
-class DeltaLinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a learned additive branch: ``y = base(x) + branch(x)``.
-
-    Subclasses implement ``branch(x)`` and ``delta_weight()`` (the eval-mode branch as a weight in ``nn.Linear``
-    layout (out, in)). ``merge`` turns the layer back into one ``nn.Linear``.
-    """
+class WrappedLinear(nn.Module):
+    """A method layer that stands where a frozen ``nn.Linear`` was and keeps it as ``self.base``."""
 
     def __init__(self, base: nn.Linear):
         super().__init__()
@@ -91,6 +88,14 @@ class DeltaLinear(nn.Module):
     @property
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
+
+
+class DeltaLinear(WrappedLinear):
+    """A frozen ``nn.Linear`` plus a learned additive branch: ``y = base(x) + branch(x)``.
+
+    Subclasses implement ``branch(x)`` and ``delta_weight()`` (the eval-mode branch as a weight in ``nn.Linear``
+    layout (out, in)). ``merge`` turns the layer back into one ``nn.Linear``.
+    """
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

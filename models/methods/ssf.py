@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .base import Method, iter_linears, register
+from .base import Method, WrappedLinear, iter_linears, register
 
 __all__ = ["SSF", "SSFMethod", "SSFLinear", "SSF_LINEARS"]
 
@@ -57,22 +57,12 @@ class SSF(nn.Module):
         return f"channels={self.scale.numel()}"
 
 
-class SSFLinear(nn.Module):
+class SSFLinear(WrappedLinear):
     """A frozen ``nn.Linear`` followed by SSF on its output: y = base(x)·γ + β."""
 
     def __init__(self, base: nn.Linear):
-        super().__init__()
-        self.base = base
-        self.in_features, self.out_features = base.in_features, base.out_features
+        super().__init__(base)
         self.ssf = SSF(base.out_features, device=base.weight.device)
-
-    @property
-    def weight(self) -> torch.Tensor:  # the frozen weight, so code that reads ``layer.weight`` keeps working
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ssf(self.base(x))
