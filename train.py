@@ -398,8 +398,9 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        bar = tqdm(loaders["train"], desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, dynamic_ncols=True,
-                   disable=not sys.stderr.isatty())
+        last = f" (previous loss {state['history'][-1]['loss']:.4f})" if state["history"] else ""
+        bar = tqdm(loaders["train"], desc=f"epoch {epoch + 1}/{cfg['epochs']}{last}", leave=False,
+                   dynamic_ncols=True, disable=not sys.stderr.isatty())
         for x, y in bar:
             lr = lr_at(cfg, state["step"], epoch, steps_per_epoch)
             for g in opt.param_groups:
@@ -417,7 +418,8 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
             seen += y.numel()
             writer.add_scalar("train/lr", lr, state["step"])
             state["step"] += 1
-            bar.set_postfix(lr=f"{lr:.2e}", refresh=False)
+            # host-side numbers only: reading the loss here would sync with the device every step
+            bar.set_postfix(lr=f"{lr:.2e}", img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = time.perf_counter() - t0
@@ -453,12 +455,12 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
         state["epoch"] = epoch + 1
         shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch",))
         print(f"epoch {epoch + 1}/{cfg['epochs']} {shown}", flush=True)
+        state["wall_s"] = state.get("wall_s", 0.0) + time.perf_counter() - t0  # before the checkpoint: resumable
         ckpt = {"trainable": trainable_state(model), "optimizer": opt.state_dict(), "rng": rng_state(),
                 "state": state, "config": cfg}
         atomic_write(out / "train_state.pt", lambda p: torch.save(ckpt, p))
         save_adapter(out / "adapter.safetensors", model, {"epoch": epoch + 1, "method": cfg["method"]})
         writer.flush()
-        state["wall_s"] = state.get("wall_s", 0.0) + time.perf_counter() - t0
         if stop_after is not None and stop_after <= epoch + 1 < cfg["epochs"]:
             writer.close()
             return None  # simulated kill (tests): checkpoint written, no results
