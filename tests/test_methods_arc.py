@@ -185,3 +185,6 @@ def test_bad_arguments():
         _micro("arc_att", mlp_lambda_init="zeros")
     with pytest.raises(ValueError, match="dim"):
         _micro("arc", dim=0)
+    for bad in (8.0, True):  # a clear error, not torch.empty's TypeError (8.0) or a silent d = 1 (True)
+        with pytest.raises(ValueError, match="dim must be an integer"):
+            _micro("arc_att", dim=bad)

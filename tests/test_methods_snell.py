@@ -316,7 +316,7 @@ def test_targets_subset_and_bad_arguments():
     m(torch.randn(1, 3, 32, 32))
     merged = models.merge(m.eval())
     assert models.method_modules(merged) == []
-    for kw, match in [({"rank": 7}, "rank"), ({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"),
+    for kw, match in [({"rank": 7}, "rank"), ({"rank": 8.0}, "rank"), ({"rank": True}, "rank"), ({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"),
                       ({"targets": ("qkv",)}, "targets"), ({"dropout": 1.0}, "dropout")]:
         with pytest.raises(ValueError, match=match):
             _micro(**kw)

@@ -97,8 +97,8 @@ class _ARCBase(Method):
         return "zeros"
 
     def __post_init__(self):
-        if self.dim < 1:
-            raise ValueError(f"dim must be a positive bottleneck width, got {self.dim}")
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"{self.name}: dim must be an integer >= 1 (the bottleneck width), got {self.dim!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

@@ -253,8 +253,8 @@ class SNELL(Method):
 
     def __post_init__(self):
         self.targets = check_targets(self.targets)
-        if self.rank < 2 or self.rank % 2:
-            raise ValueError(f"rank must be a positive even number, got {self.rank}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 2 or self.rank % 2:
+            raise ValueError(f"rank must be a positive even integer, got {self.rank!r}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity is the fraction of entries zeroed and must be in [0, 1), got {self.sparsity}")
         for name in ("dropout", "drop_path"):
