@@ -15,7 +15,7 @@ Hook points (B = batch, N = tokens incl. cls, D = width)::
     block.tokens_in         (B, N, D) block input tokens; may change N                               (VPT)
     block.attn_in           (B, N, D) LN1 output feeding q/k/v                                       (ARC, SSF)
     block.attn.qkv_branch   optional: x -> (dq, dk, dv) added to the q/k/v outputs (shared input)    (SNELL, LoRA)
-    block.attn_out          (B, N, D) attention output before drop-path and residual add           (Houlsby adapter)
+    block.attn_out          (B, N, D) attention output after drop-path, before the residual add    (Houlsby adapter)
     block.mlp_in            (B, N, D) LN2 output feeding fc1                                         (ARC, SSF)
     block.mlp_out           (B, N, D) MLP output after drop-path, before the residual add          (NOAH adapter)
     block.mlp_parallel      optional: residual stream x -> addend to the MLP output                 (AdaptFormer)

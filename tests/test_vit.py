@@ -82,3 +82,17 @@ def test_merge_of_plain_methods_returns_an_equal_independent_copy():
 def test_every_registered_arch_builds():
     assert {"vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224",
             "vit_huge_patch14_224"} <= set(ARCHS)
+
+
+def test_attn_out_and_mlp_out_hooks_sit_after_drop_path():
+    # models/vit.py hook table: both output hooks see the drop-path'ed branch (a dropped sample arrives as zeros).
+    m = models.create_model("vit_micro_patch8", "linear", num_classes=2, img_size=32, drop_path_rate=0.5).train()
+    seen = {}
+    blk = m.blocks[1]  # drop-path rate 0.5 in the last block (linear in depth)
+    blk.attn_out.register_forward_hook(lambda mod, inp, out: seen.__setitem__("attn", inp[0]))
+    blk.mlp_out.register_forward_hook(lambda mod, inp, out: seen.__setitem__("mlp", inp[0]))
+    torch.manual_seed(0)
+    m(torch.randn(64, 3, 32, 32))
+    for name in ("attn", "mlp"):
+        zero = (seen[name].flatten(1) == 0).all(1)
+        assert 0 < int(zero.sum()) < 64, name  # whole samples zeroed: the hook's input went through DropPath

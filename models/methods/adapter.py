@@ -11,8 +11,9 @@ with QuickGELU(z) = z·σ(1.702·z), W_down r×D, W_up D×r (``nn.Linear`` layou
 identity-at-init Houlsby-style variant; an option, not the default).
 
 Count per adapter 2·D·r + r + D, so 12·(1536·r + r + 768) = 156,768 for ViT-B/16 at r = 8 (head excluded).
-``positions=("attn", "ffn")`` (Houlsby) adds a second adapter on ``block.attn_out`` (attention output, before its
-drop-path and residual add), doubling the count. Not mergeable (QuickGELU): ``models.merge`` raises ``ValueError``.
+``positions=("attn", "ffn")`` (Houlsby) adds a second adapter on ``block.attn_out`` (attention output, after its
+drop-path and before its residual add, like the FFN one), doubling the count. Not mergeable (QuickGELU):
+``models.merge`` raises ``ValueError``.
 """
 from __future__ import annotations
 

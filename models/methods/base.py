@@ -13,8 +13,7 @@ from typing import ClassVar, Iterator
 import torch
 from torch import nn
 
-__all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "replace_linear", "WrappedLinear",
-           "DeltaLinear",
+__all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "WrappedLinear", "DeltaLinear",
            "merged_linear", "check_targets"]
 
 METHODS: dict[str, type["Method"]] = {}
@@ -67,10 +66,6 @@ def iter_linears(model: nn.Module, targets) -> Iterator[tuple[int, nn.Module, st
         for t in targets:
             owner = getattr(blk, _OWNER[t])
             yield i, owner, t, getattr(owner, t)
-
-
-def replace_linear(owner: nn.Module, name: str, new: nn.Module) -> None:
-    setattr(owner, name, new)
 
 
 class WrappedLinear(nn.Module):
