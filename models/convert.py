@@ -68,10 +68,14 @@ _SNELL_RULES: list[_Rule] = [
 
 
 def _unwrap(state_dict: dict) -> dict:
-    """Accept a bare state dict or a training checkpoint holding one under 'model' or 'state_dict'."""
+    """Accept a bare state dict or a training checkpoint holding one under 'model' or 'state_dict', with or without
+    DistributedDataParallel's ``module.`` prefix."""
     for key in ("model", "state_dict"):
         if isinstance(state_dict.get(key), dict):
-            return state_dict[key]
+            state_dict = state_dict[key]
+            break
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
     return state_dict
 
 

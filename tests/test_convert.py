@@ -127,6 +127,8 @@ def test_arc_conversion_errors():
         from_official_arc(off, variant="ARC")
     wrapped = from_official_arc({"model": off, "optimizer": {}})  # a training checkpoint
     assert set(wrapped) == set(from_official_arc(off))
+    ddp = from_official_arc({"state_dict": {f"module.{k}": v for k, v in off.items()}})  # saved from a DDP wrapper
+    assert set(ddp) == set(from_official_arc(off))
 
 
 # -------------------------------------------------------------------------------------------------------- SNELL
