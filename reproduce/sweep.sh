@@ -66,6 +66,19 @@ else
 fi
 
 _show() { printf '%q' "$1"; shift; printf ' %q' "$@"; printf '\n'; }
+# A run folder is reused (skipped or resumed) as it is: warn when it was started with another command, or with other
+# hyper-parameters -- the command names $run/config.yaml, not its content, so a config edited since (e.g. by
+# search.py) is caught only by comparing that file with what $CONFIG gives the task now (header comments aside).
+_check_reuse() {
+    if [ -f "$run/command.txt" ] && [ "$(cat "$run/command.txt")" != "$(_show "${train[@]}")" ]; then
+        echo "   WARNING: that run used other settings ($run/command.txt); delete the folder or use another OUT to rerun"
+    fi
+    if [ -f "$run/config.yaml" ] && [ "$(grep -v '^#' "$run/config.yaml")" != \
+            "$("$PYTHON" -m reproduce.taskcfg "$CONFIG" "$task" ${EPOCHS:+--epochs "$EPOCHS"})" ]; then
+        echo "   WARNING: that run used other hyper-parameters ($run/config.yaml differs from what $CONFIG gives" \
+             "$task now); delete the folder or use another OUT to rerun"
+    fi
+}
 
 echo "== $CONFIG_NAME: ${DESCRIPTION:-}"
 echo "   config $CONFIG, tasks: $TASK_LIST"
@@ -89,15 +102,14 @@ for task in $TASK_LIST; do
                --protocol "$PROTOCOL" --seed "$seed" --out "$run")
         if [ -f "$run/results.json" ]; then
             echo "-- $task seed $seed: done ($run/results.json), skipped"
-            if [ -f "$run/command.txt" ] && [ "$(cat "$run/command.txt")" != "$(_show "${train[@]}")" ]; then
-                echo "   WARNING: that run used other settings ($run/command.txt); delete the folder or use another OUT to rerun"
-            fi
+            _check_reuse
             continue
         fi
         if [ -f "$run/train_state.pt" ]; then
+            echo "-- $task seed $seed: resuming the unfinished run in $run"
+            _check_reuse
             train=("$PYTHON" train.py --resume "$run")
             gen=()
-            echo "-- $task seed $seed: resuming the unfinished run in $run"
         else
             echo "-- $task seed $seed"
         fi

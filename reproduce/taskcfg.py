@@ -34,7 +34,7 @@ if __package__ in (None, ""):
 from reproduce import tasks as K  # noqa: E402
 
 __all__ = ["TOP_LEVEL", "REQUIRED", "SELECTIONS", "ConfigError", "load", "resolve", "select", "canonical", "validate",
-           "undocumented", "write_task_config", "main"]
+           "undocumented", "dump", "write_task_config", "main"]
 
 TOP_LEVEL = {"benchmark", "selection", "reference", "defaults", "tasks", "search"}
 REQUIRED = ("method", "method_args", "lr", "weight_decay", "batch_size", "epochs")  # per resolved task
@@ -167,6 +167,12 @@ def _plain(v):
     return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
+def dump(cfg: dict) -> str:
+    """The YAML text of a flat task config, as written into a run folder and printed by the CLI (one format, so that
+    ``reproduce/sweep.sh`` can compare a run's ``config.yaml`` with what the sweep config gives now)."""
+    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
+
+
 def write_task_config(spec: dict, task: str, out: str | Path, source: str = "", epochs: int | None = None) -> dict:
     cfg = resolve(spec, task, epochs)
     out = Path(out)
@@ -175,7 +181,7 @@ def write_task_config(spec: dict, task: str, out: str | Path, source: str = "", 
             + (f", EPOCHS override {epochs}" if epochs is not None else "")
             + "\n# the sources of the values are the comments in that config\n")
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(head + yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None))
+    tmp.write_text(head + dump(cfg))
     tmp.replace(out)
     return cfg
 
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             write_task_config(spec, args.task, args.out, source=args.config, epochs=args.epochs)
         else:
-            sys.stdout.write(yaml.safe_dump(_plain(resolve(spec, args.task, args.epochs)), sort_keys=False))
+            sys.stdout.write(dump(resolve(spec, args.task, args.epochs)))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

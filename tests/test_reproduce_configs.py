@@ -140,6 +140,25 @@ def test_dry_run_prints_the_exact_commands(tmp_path):
     assert "VTAB-1k is not there" in p.stderr and not run.exists()  # a dry run writes nothing
 
 
+def test_reused_run_folders_are_checked_against_the_config(tmp_path):
+    """A finished or unfinished run is reused as it is; its train command names config.yaml, not its content, so a
+    sweep config edited since (e.g. by search.py) must be reported rather than silently mixed into the table."""
+    cfg = tmp_path / "snell_vtab.yaml"
+    cfg.write_text((ROOT / "reproduce/configs/snell_vtab.yaml").read_text())
+    run = tmp_path / "out" / "snell_vtab" / "dtd" / "seed0"
+    assert taskcfg.main([str(cfg), "dtd", "--out", str(run / "config.yaml")]) == 0
+    (run / "results.json").write_text("{}")
+    env = {"OUT": str(tmp_path / "out"), "TASKS": "dtd", "CONFIG": str(cfg), "VTAB_ROOT": str(tmp_path / "nowhere")}
+    p = _sweep("snell_vtab.sh", env, "--dry-run")
+    assert p.returncode == 0 and "dtd seed 0: done" in p.stdout and "WARNING" not in p.stdout, p.stdout
+    cfg.write_text(cfg.read_text().replace("{sparsity: 0.995}", "{sparsity: 0.5}"))
+    p = _sweep("snell_vtab.sh", env, "--dry-run")
+    assert p.returncode == 0 and "WARNING: that run used other hyper-parameters" in p.stdout, p.stdout
+    (run / "results.json").rename(run / "train_state.pt")  # an interrupted run is resumed: same check
+    p = _sweep("snell_vtab.sh", env, "--dry-run")
+    assert "resuming" in p.stdout and "WARNING: that run used other hyper-parameters" in p.stdout, p.stdout
+
+
 def test_missing_data_or_weights_say_how_to_get_them(tmp_path):
     p = _sweep("householder_fgvc.sh", {"OUT": str(tmp_path), "FGVC_ROOT": str(tmp_path / "fgvc"), "TASKS": "cub"})
     assert p.returncode == 3 and "data.fgvc_splits" in p.stderr and "XiN0919/FGVC" in p.stderr
