@@ -142,34 +142,53 @@ class Runner:
     def __init__(self, args, spec: dict, benchmark_root: str):
         self.args, self.spec, self.root = args, spec, benchmark_root
 
+    def command(self, task: str, folder: Path) -> list[str]:
+        """The train.py command of a new trial in ``folder``."""
+        a = self.args
+        return [a.python, "train.py", "--config", str(folder / "config.yaml"), "--dataset", task, "--data-root",
+                self.root, "--arch", a.arch, "--pretrained", a.weights, "--img-size", str(a.img_size),
+                "--precision", a.precision, "--protocol", "clean", "--out", str(folder)]
+
     def trial(self, task: str, point: dict, folder: Path) -> float | None:
         res_path = folder / "results.json"
+        a = self.args
+        cfg = apply_point(taskcfg.resolve(self.spec, task, a.epochs), point)
+        fresh = self.command(task, folder)
+        if res_path.exists() or (folder / "train_state.pt").exists():
+            self._check_reuse(folder, fresh, cfg)
         if res_path.exists():
             return val_score(json.loads(res_path.read_text()))
-        a = self.args
-        base = taskcfg.resolve(self.spec, task, a.epochs)
-        cfg = apply_point(base, point)
-        if (folder / "train_state.pt").exists():
-            cmd = [a.python, "train.py", "--resume", str(folder)]
-        else:
-            cmd = [a.python, "train.py", "--config", str(folder / "config.yaml"), "--dataset", task, "--data-root",
-                   self.root, "--arch", a.arch, "--pretrained", a.weights, "--img-size", str(a.img_size),
-                   "--precision", a.precision, "--protocol", "clean", "--out", str(folder)]
+        cmd = [a.python, "train.py", "--resume", str(folder)] if (folder / "train_state.pt").exists() else fresh
         print("   " + shlex.join(cmd), flush=True)
         if a.dry_run:
             return None
-        if cmd[2] == "--config":
-            import yaml
-
+        if cmd is fresh:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "config.yaml").write_text(f"# reproduce/search.py trial {trial_name(point)} of {task}\n"
-                                                + yaml.safe_dump(taskcfg._plain(cfg), sort_keys=False))
+                                                + taskcfg.dump(cfg))
+            (folder / "command.txt").write_text(shlex.join(fresh) + "\n")
         with open(folder / "train.log", "a") as log:
             rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
         if rc != 0:
             print(f"   !! trial failed (exit {rc}, e.g. diverged); log: {folder / 'train.log'}", flush=True)
             return None
         return val_score(json.loads(res_path.read_text()))
+
+    @staticmethod
+    def _check_reuse(folder: Path, fresh: list[str], cfg: dict) -> None:
+        """A trial folder is reused (scored or resumed) only when it was started with the same command and values:
+        its name holds the grid point only, so a search with other EPOCHS, weights, arch ... or an edited config
+        would otherwise score stale trials and choose from them."""
+        stale = []
+        command, config = folder / "command.txt", folder / "config.yaml"
+        if command.exists() and shlex.split(command.read_text())[1:] != fresh[1:]:  # the interpreter may differ
+            stale.append(f"another command ({command})")
+        if config.exists() and "".join(line for line in config.read_text().splitlines(keepends=True)
+                                       if not line.startswith("#")) != taskcfg.dump(cfg):
+            stale.append(f"other hyper-parameters ({config})")
+        if stale:
+            raise SystemExit(f"error: trial {folder} was run with {' and '.join(stale)}; delete it or pass another "
+                             f"--out")
 
 
 def search_task(runner: Runner, task: str, out: Path, full: bool) -> dict | None:
@@ -261,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         chosen[task] = c
         text = write.read_text() if write.exists() else cfg_path.read_text()
-        write.write_text(rewrite_config(text, {task: c}, provenance))
+        tmp = write.with_name(f".{write.name}.tmp")  # atomic: an interrupted search never truncates the config
+        tmp.write_text(rewrite_config(text, {task: c}, provenance))
+        tmp.replace(write)
         print(f"   wrote {task} into {write}", flush=True)
     if not args.dry_run:
         print(f"done: {len(chosen)}/{len(tasks)} task(s) searched; run the sweep with CONFIG={write}")

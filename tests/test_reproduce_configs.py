@@ -223,3 +223,29 @@ def test_search_selects_on_val_and_writes_the_config(tmp_path, monkeypatch):
     summary = json.loads((out / "search.json").read_text())
     assert len(summary["trials"]) == len(s1) + len(s2) - 1  # the stage-1 anchor is not run twice
     assert summary["chosen"] == {"lr": 0.005, "weight_decay": 0.001, "batch_size": 16, "dropout": 0}
+
+
+def test_search_refuses_to_score_stale_trials(tmp_path):
+    """A trial folder is named by its grid point only: a trial run with other EPOCHS, weights ... must not be scored
+    by a later search (it would choose the hyper-parameters from, e.g., 1-epoch smoke trials)."""
+    import argparse
+    import shlex
+
+    spec = taskcfg.load(ROOT / "reproduce/configs/hta_vtab.yaml")
+    args = argparse.Namespace(python="python", arch="vit_tiny_patch16_224", weights="none", img_size=32,
+                              precision="fp32", epochs=1, dry_run=True)
+    runner = search.Runner(args, spec, str(tmp_path / "vtab"))
+    point = {"lr": 0.01, "weight_decay": 0, "batch_size": 32, "dropout": 0.1}
+    folder = tmp_path / search.trial_name(point)
+    folder.mkdir()
+    cfg = search.apply_point(taskcfg.resolve(spec, "dtd", 1), point)
+    (folder / "config.yaml").write_text("# header\n" + taskcfg.dump(cfg))
+    (folder / "command.txt").write_text(shlex.join(["/other/python", *runner.command("dtd", folder)[1:]]) + "\n")
+    (folder / "results.json").write_text(json.dumps({"epochs": 1, "history": [{"epoch": 1, "val_acc": 70.0}]}))
+    assert runner.trial("dtd", point, folder) == 70.0  # same settings (the interpreter path aside): reused
+    args.epochs = None
+    with pytest.raises(SystemExit, match="other hyper-parameters"):
+        runner.trial("dtd", point, folder)
+    args.epochs, args.weights = 1, "vit_base_patch16_224.orig_in21k"
+    with pytest.raises(SystemExit, match="another command"):
+        runner.trial("dtd", point, folder)
