@@ -112,7 +112,7 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 class TaskResult:
     """All seeds of one task."""
     task: str
-    seeds: list = field(default_factory=list)
+    seeds: list = field(default_factory=list)                 # paper-protocol runs
     test_selected: list[float] = field(default_factory=list)  # acc_best_test, paper protocol
     clean_last: list[float] = field(default_factory=list)     # acc_last, paper protocol (train800val200)
     val_selected: list[float] = field(default_factory=list)   # acc_val_selected, clean protocol (train800)
@@ -130,8 +130,8 @@ def collect(runs: list[dict]) -> dict[str, TaskResult]:
     out: dict[str, TaskResult] = {}
     for r in runs:
         tr = out.setdefault(r["dataset"], TaskResult(r["dataset"]))
-        tr.seeds.append(r.get("seed"))
         if r.get("protocol", "paper") == "paper":
+            tr.seeds.append(r.get("seed"))  # n = the runs behind "ours"; clean-protocol runs have their own column
             if r.get("acc_best_test") is not None:
                 tr.test_selected.append(float(r["acc_best_test"]))
             if r.get("acc_last") is not None:
