@@ -107,9 +107,8 @@ def merge(model: VisionTransformer, inplace: bool = False) -> VisionTransformer:
     left = method_modules(out)
     if left:
         raise RuntimeError(f"merge of {m.name!r} left method modules behind: {left[:5]}")
-    for blk in out.blocks:
-        if blk.attn.qkv_branch is not None or blk.mlp_parallel is not None:
-            raise RuntimeError(f"merge of {m.name!r} left an additive branch installed")
+    if out.prelude is not None or any(b.attn.qkv_branch is not None or b.mlp_parallel is not None for b in out.blocks):
+        raise RuntimeError(f"merge of {m.name!r} left a prelude or an additive branch installed")
     out.method = METHODS["linear"]()  # a plain ViT: nothing but (optionally) the head is left to train
     out.requires_grad_(False)
     return out

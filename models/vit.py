@@ -11,6 +11,8 @@ pre-logits), with two deliberate differences:
 
 Hook points (B = batch, N = tokens incl. cls, D = width)::
 
+    model.prelude           optional: called with no input at the start of every forward, for per-step
+                            work shared by many layers (HTA builds all its ΔW in one batch)        (HTA)
     model.embed_hook        (B, N-1, D) patch tokens after the patch projection, before cls/pos     (SSF)
     block.tokens_in         (B, N, D) block input tokens; may change N                               (VPT)
     block.attn_in           (B, N, D) LN1 output feeding q/k/v                                       (ARC, SSF)
@@ -161,6 +163,7 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.prelude: nn.Module | None = None
         self.embed_hook = nn.Identity()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
@@ -199,6 +202,8 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prelude is not None:
+            self.prelude()
         x = self.embed_hook(self.patch_embed(x))  # (B, N-1, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.pos_drop(x)

@@ -127,6 +127,81 @@ def test_fast_path_matches_reference_outputs_and_grads(dtype, tol, n_in, n_out, 
         assert torch.allclose(layer(x), F.linear(x, base.weight + layer.delta_weight(), base.bias), atol=tol * scale)
 
 
+@pytest.mark.parametrize("kw", [
+    {"targets": ("q", "proj", "fc1", "fc2"), "rank": 2}, {"rank": 0, "dropout": 0.3}, {"placement": "ffn_adapter"}])
+def test_batched_prelude_matches_per_layer_path(kw):
+    # The prelude builds every layer's factors in one batch per shape group; with it switched off each layer builds
+    # its own. Same outputs and same gradients for every trainable tensor, train mode (dropout on where set).
+    model = _micro(**kw).train()
+    _randomise(model)
+    assert model.prelude is not None
+    x = torch.randn(4, 3, 32, 32)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run():
+        torch.manual_seed(7)  # same dropout masks
+        out = model(x)
+        return out.detach(), torch.autograd.grad(out.square().sum(), params)
+
+    batched, g_batched = run()
+    layers = [m for m in model.modules() if isinstance(m, (HTALinear, HTAAdapter))]
+    assert all(m._factors is None for m in layers)  # each handed-over factor set was used once and dropped
+    prelude, model.prelude = model.prelude, None
+    alone, g_alone = run()
+    model.prelude = prelude
+    assert torch.allclose(batched, alone, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_batched, g_alone):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_prelude_cuts_dispatched_ops_per_training_step():
+    # The eager GPU step is launch-bound (docs/PERFORMANCE.md): the batched prelude must keep HTA's extra ops
+    # (beyond the frozen ViT's) to a fraction of the per-layer path's. Measured on ViT-B/16 (48 layers):
+    # 7,090 → 2,879 ops per step, floor 1,011. Here: 2 blocks × 4 layers, counted with a dispatch mode.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    def ops(model):
+        x = torch.randn(2, 3, 32, 32)
+        Count.n = 0
+        with Count():
+            model(x).sum().backward()
+        return Count.n
+
+    floor = models.create_model("vit_micro_patch8", "linear", num_classes=5, img_size=32)
+    floor.pos_embed.requires_grad_(True)
+    model = _micro()
+    batched = ops(model)
+    model.prelude = None
+    per_layer = ops(model)
+    base = ops(floor)
+    assert batched - base < 0.45 * (per_layer - base), (base, batched, per_layer)
+
+
+def test_prelude_follows_deepcopy_and_leaves_with_merge():
+    model = _micro().eval()
+    _randomise(model)
+    clone = models.merge(model)  # deep-copies, then merges the copy
+    assert clone.prelude is None and model.prelude is not None
+    import copy
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.blocks[0].attn.q.d.add_(1.0)  # must reach the twin's forward through ITS prelude, not the original's
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), clone(x), atol=1e-5)
+        assert not torch.allclose(twin(x), model(x), atol=1e-3)
+        with_prelude = twin(x)
+        twin.prelude = None
+        assert torch.allclose(twin(x), with_prelude, atol=1e-6)
+
+
 def test_delta_weight_equals_explicit_householder_product():
     # ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l) (hta.md §3.1), square and both rectangular shapes, float64
     torch.manual_seed(0)

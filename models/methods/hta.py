@@ -36,6 +36,7 @@ variant of §3.4 (one square D×D HTA at the FFN output, h ← h + h·M, merged 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import ClassVar
@@ -46,7 +47,8 @@ from torch import nn
 
 from .base import DeltaLinear, Method, check_targets, iter_linears, merged_linear, register
 
-__all__ = ["HTA", "HTALinear", "HTAAdapter", "hta_delta_weight", "hta_factors", "hta_branch_reference", "householder"]
+__all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many",
+           "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
 
 _EPS = 1e-12  # guard for vᵀv (hta.md §3.1); with v ~ N(0, 1), vᵀv ≈ n
 
@@ -77,7 +79,14 @@ def _reset_hta_parameters(module: nn.Module) -> None:
 
 
 def hta_factors(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(L, R, d) with ΔW_pt = L·R + diag(d) (rectangular diagonal, first k entries); L (n_out, 2 + r), R (2 + r, n_in).
+    """(L, R, d) of one HTA module: ΔW_pt = L·R + diag(d); see :func:`hta_factors_batched`."""
+    return hta_factors_batched(module.v_left, module.v_right, module.d, module.up, module.down)
+
+
+def hta_factors_batched(v_left, v_right, d, up=None, down=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L, R, d) with ΔW_pt = L·R + diag(d) (rectangular diagonal, first k entries), for any leading batch dims:
+    v_left (..., n_in), v_right (..., n_out), d (..., k), up (..., n_out, r), down (..., r, n_in) ->
+    L (..., n_out, 2 + r), R (..., 2 + r, n_in), d.
 
     Applying the two reflections to M0 = D_Hᵀ as rank-1 updates (H(v)·M = M − 2·v·(vᵀM)/vᵀv, M·H(v) likewise)
     and expanding, with s_l = −2/‖v_l‖², s_r = −2/‖v_r‖², p = M0ᵀ·v_r = pad(d·v_r[:k]), q = M0·v_l = pad(d·v_l[:k])
@@ -89,41 +98,54 @@ def hta_factors(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     whole update costs one (n_out × (2 + r)) @ ((2 + r) × n_in) product. Computed in fp32 (fp64 stays fp64), with
     few, small ops (the training step is launch-bound on GPU, not FLOP-bound).
     """
-    dt = torch.promote_types(module.v_left.dtype, torch.float32)
-    vl, vr, d = module.v_left.to(dt), module.v_right.to(dt), module.d.to(dt)
-    n_in, n_out, k = vl.shape[0], vr.shape[0], d.shape[0]
-    s_l = -2.0 / vl.dot(vl).clamp_min(_EPS)
-    s_r = -2.0 / vr.dot(vr).clamp_min(_EPS)
-    dvl = d * vl[:k]                                                      # (k,)   q before padding
-    p = F.pad(d * vr[:k], (0, n_in - k))                                  # (n_in,)
-    row_r = torch.addcmul(p, vl, s_l * vr[:k].dot(dvl)) * s_r             # (n_in,)  s_r·(p + s_l·c·v_l)
-    left = [vr[:, None], F.pad(dvl, (0, n_out - k))[:, None]]             # (n_out, 1) ×2
-    right = [row_r[None], (s_l * vl)[None]]                               # (1, n_in) ×2
-    if module.down is not None:
-        left.append(module.up.to(dt))
-        right.append(module.down.to(dt))
-    return torch.cat(left, 1), torch.cat(right, 0), d
+    dt = torch.promote_types(v_left.dtype, torch.float32)
+    vl, vr, d = v_left.to(dt), v_right.to(dt), d.to(dt)
+    n_in, n_out, k = vl.shape[-1], vr.shape[-1], d.shape[-1]
+    s_l = -2.0 / (vl * vl).sum(-1, keepdim=True).clamp_min(_EPS)         # (..., 1)
+    s_r = -2.0 / (vr * vr).sum(-1, keepdim=True).clamp_min(_EPS)
+    dvl = d * vl[..., :k]                                                 # (..., k)   q before padding
+    p = F.pad(d * vr[..., :k], (0, n_in - k))                             # (..., n_in)
+    c = (vr[..., :k] * dvl).sum(-1, keepdim=True)                         # (..., 1)   v_rᵀ·M0·v_l
+    row_r = torch.addcmul(p, vl, s_l * c) * s_r                           # (..., n_in)  s_r·(p + s_l·c·v_l)
+    left = [vr.unsqueeze(-1), F.pad(dvl, (0, n_out - k)).unsqueeze(-1)]   # (..., n_out, 1) ×2
+    right = [row_r.unsqueeze(-2), (s_l * vl).unsqueeze(-2)]               # (..., 1, n_in) ×2
+    if down is not None:
+        left.append(up.to(dt))
+        right.append(down.to(dt))
+    return torch.cat(left, -1), torch.cat(right, -2), d
 
 
-def hta_delta_weight(module: nn.Module, base: torch.Tensor | None = None) -> torch.Tensor:
+def hta_delta_weight(module: nn.Module, base: torch.Tensor | None = None, factors=None) -> torch.Tensor:
     """ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l), shape (n_out, n_in), in fp32 (fp64 stays fp64); ``base`` + ΔW_pt
     when the frozen weight ``base`` is given (added inside the same ``addmm``, saving a pass over the weight).
+    ``factors``: this module's (L, R, d) when already built (by :func:`hta_factors_many`).
 
     Autocast is switched off here, so the update is built in full precision under mixed precision (§3.3). No
     graph breaks: ``torch.compile`` can fuse the many small ops (tested with ``torch._dynamo.explain``).
     """
-    dev = module.v_left.device.type
-    if dev == "meta":  # no autocast on meta (parameter counting)
-        return _hta_weight(module, base)
-    with torch.autocast(dev, enabled=False):
-        return _hta_weight(module, base)
+    with _full_precision(module.v_left):
+        left, right, d = hta_factors(module) if factors is None else factors
+        w = left @ right if base is None else torch.addmm(base.to(left.dtype), left, right)
+        w.diagonal().add_(d)  # + M0: the rectangular diagonal (first k entries)
+        return w
 
 
-def _hta_weight(module: nn.Module, base: torch.Tensor | None) -> torch.Tensor:
-    left, right, d = hta_factors(module)
-    w = left @ right if base is None else torch.addmm(base.to(left.dtype), left, right)
-    w.diagonal().add_(d)  # + M0: the rectangular diagonal (first k entries)
-    return w
+def hta_factors_many(modules) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The (L, R, d) of several HTA modules of one shape and rank, built as ONE batch from their stacked
+    parameters: about 35 forward and 90 backward ops for all of them instead of that many per module. Equal to
+    ``hta_factors`` per module (to fp32 rounding); gradients reach each module's own parameters through the stack.
+    Only the small factors are batched: each layer still forms W + L·R in its own ``addmm``, so no (m, n_out, n_in)
+    tensor is ever materialised (on the CPU such a batch runs from DRAM instead of cache and was 2× slower)."""
+    mods = list(modules)
+    stack = lambda name: None if getattr(mods[0], name) is None else torch.stack([getattr(m, name) for m in mods])
+    with _full_precision(mods[0].v_left):
+        left, right, d = hta_factors_batched(stack("v_left"), stack("v_right"), stack("d"), stack("up"), stack("down"))
+        return list(zip(left.unbind(0), right.unbind(0), d.unbind(0)))
+
+
+def _full_precision(t: torch.Tensor):
+    """Autocast off on ``t``'s device (a no-op context on meta, where autocast does not exist)."""
+    return contextlib.nullcontext() if t.device.type == "meta" else torch.autocast(t.device.type, enabled=False)
 
 
 def householder(v: torch.Tensor) -> torch.Tensor:
@@ -156,6 +178,7 @@ class HTALinear(DeltaLinear):
         _add_hta_parameters(self, base.in_features, base.out_features, rank, base.weight.device)
         self.dropout = float(dropout)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._factors: tuple | None = None  # this forward's (L, R, d), handed over by HTAPrelude
 
     def reset_parameters(self) -> None:
         _reset_hta_parameters(self)
@@ -164,13 +187,14 @@ class HTALinear(DeltaLinear):
         return hta_delta_weight(self)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.drop(x), self.delta_weight().to(x.dtype))
+        return F.linear(self.drop(x), hta_delta_weight(self, factors=_take_factors(self)).to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.base.weight
         if self.training and self.dropout > 0:  # the mask applies to the branch only: two GEMMs
             return self.base(x) + self.branch(x)
-        return F.linear(x, hta_delta_weight(self, w).to(w.dtype), self.base.bias)  # W + ΔW: one GEMM
+        w_eff = hta_delta_weight(self, w, factors=_take_factors(self))  # W + ΔW: one GEMM
+        return F.linear(x, w_eff.to(w.dtype), self.base.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, dropout={self.dropout}"
@@ -188,15 +212,48 @@ class HTAAdapter(nn.Module):
         _add_hta_parameters(self, dim, dim, rank, device)
         self.dropout = float(dropout)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._factors: tuple | None = None  # this forward's (L, R, d), handed over by HTAPrelude
 
     def delta_weight(self) -> torch.Tensor:
         return hta_delta_weight(self)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + F.linear(self.drop(h), self.delta_weight().to(h.dtype))
+        return h + F.linear(self.drop(h), hta_delta_weight(self, factors=_take_factors(self)).to(h.dtype))
 
     def extra_repr(self) -> str:
         return f"dim={self.n_in}, rank={self.rank}, dropout={self.dropout}"
+
+
+def _take_factors(layer: nn.Module):
+    """The (L, R, d) the prelude built for this forward (used once, then dropped); None when the layer runs alone."""
+    factors, layer._factors = layer._factors, None
+    return factors
+
+
+class HTAPrelude(nn.Module):
+    """``model.prelude`` for HTA: at the start of every forward, build the factors (L, R, d) of all HTA layers, one
+    batch per (n_in, n_out, rank) group (:func:`hta_factors_many`), and hand each layer its own.
+
+    Why: per layer, the factors take about 35 small forward and 90 backward ops; on a GPU the eager step is bound
+    by launching them (docs/PERFORMANCE.md). Batched, the 48 q/k/v/proj layers of ViT-B/16 cost about as many ops
+    as one. The prelude owns nothing: it references the layers (registered at their own places), like
+    ``SNELLQKVBranch``. A layer called outside a model forward builds its own factors (same values).
+    """
+
+    def __init__(self, layers):
+        super().__init__()
+        groups: dict[tuple, list] = {}
+        for layer in layers:
+            groups.setdefault((layer.n_in, layer.n_out, layer.rank), []).append(layer)
+        self.__dict__["groups"] = tuple(tuple(g) for g in groups.values())  # references, not submodules
+
+    def forward(self) -> None:
+        for group in self.groups:
+            for layer, factors in zip(group, hta_factors_many(group)):
+                layer._factors = factors
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{len(g)}× ({g[0].n_out}, {g[0].n_in}) rank {g[0].rank}" for g in self.groups)
 
 
 _PLACEMENTS = ("linear", "ffn_adapter")
@@ -243,16 +300,21 @@ class HTA(Method):
         if self.placement == "ffn_adapter":
             for blk in model.blocks:
                 blk.mlp_out = HTAAdapter(model.embed_dim, self.rank, self.dropout, device=blk.mlp.fc2.weight.device)
+            model.prelude = HTAPrelude([blk.mlp_out for blk in model.blocks])
             return
+        layers = []
         for _, owner, name, layer in iter_linears(model, self.targets):
             if not isinstance(layer, nn.Linear):
                 raise ValueError(f"hta: {name} is already wrapped ({type(layer).__name__}); install one method only")
-            setattr(owner, name, HTALinear(layer, self.rank, self.dropout))
+            layers.append(HTALinear(layer, self.rank, self.dropout))
+            setattr(owner, name, layers[-1])
+        model.prelude = HTAPrelude(layers)
 
     @torch.no_grad()
     def merge(self, model: nn.Module) -> None:
         """W_pt ← W_pt + ΔW_pt (fp32, cast back), bias unchanged (§3.3); the adapter variant folds into fc2:
         W' = (I + ΔW_pt)·W, b' = (I + ΔW_pt)·b. Layers that are already plain are left alone (idempotent)."""
+        model.prelude = None
         for blk in model.blocks:
             if isinstance(blk.mlp_out, HTAAdapter):
                 fc2, delta = blk.mlp.fc2, blk.mlp_out.delta_weight()  # (D, D)
