@@ -4,12 +4,15 @@ A cache entry is two files in ``<cache_dir>/<benchmark>/<dataset>/``:
 
 * ``<stem>.npy``  -- uint8 array (N, 3, H, W), memory-mapped on load (copy-on-write, so a
   50 GB test split does not have to fit in RAM);
-* ``<stem>.json`` -- labels, the key material and the split info; written **last**, so an entry
-  without its JSON (a crash half-way) is never used and is simply rebuilt.
+* ``<stem>.json`` -- labels, the key material, the split info and the ``.npy``'s size in bytes;
+  an entry without its JSON is never used and is simply rebuilt.
 
 Both are written to a temporary name in the same directory and moved into place with
 ``os.replace`` only after the whole split decoded without error: a failed read leaves no
-entry behind.
+entry behind.  Replacing an entry (:func:`commit_entry`) deletes the old JSON *before* the new
+``.npy`` is moved into place and writes the new JSON *last*, so at every instant the JSON on
+disk either describes the ``.npy`` next to it or is absent: a crash between the two writes can
+never leave an old JSON that would vouch for a new array (or the reverse).
 
 The cache directory is always explicit: the ``cache_dir`` argument, else ``$VIT_PEFT_CACHE``,
 else ``~/.cache/vit_peft`` (never a hidden relative path).
@@ -27,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 ENV_VAR = "VIT_PEFT_CACHE"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the JSON records ``npy_bytes`` and is replaced by commit_entry (1-entries are rebuilt)
 
 
 def _umask() -> int:
@@ -134,6 +137,19 @@ class ArrayWriter:
             self.abort()
 
 
+def commit_entry(writer: ArrayWriter, meta: Path, obj: dict[str, Any]) -> None:
+    """Move ``writer``'s filled array into place and write its metadata ``obj`` to ``meta``.
+
+    The order keeps every crash point safe (module docstring): (1) delete the old JSON -- the
+    entry is invalid from here on; (2) ``os.replace`` the array; (3) write the JSON, with the
+    array's byte size (checked by :func:`load_entry`), atomically and last.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        meta.unlink()
+    writer.commit()
+    write_json_atomic(meta, {**obj, "npy_bytes": writer.final.stat().st_size})
+
+
 def entry_paths(cache_root: Path, benchmark: str, dataset: str, stem: str) -> tuple[Path, Path]:
     d = cache_root / benchmark / dataset
     return d / f"{stem}.npy", d / f"{stem}.json"
@@ -146,6 +162,8 @@ def load_entry(npy: Path, meta: Path, key: str) -> tuple[np.ndarray, dict] | Non
     try:
         m = json.loads(meta.read_text())
         if m.get("key") != key or m.get("cache_version") != CACHE_VERSION:
+            return None
+        if m.get("npy_bytes") != npy.stat().st_size:  # not the array this JSON was written for
             return None
         arr = np.load(npy, mmap_mode="c")
     except (OSError, ValueError, json.JSONDecodeError):

@@ -186,10 +186,9 @@ def cached_decode(*, cache_dir: Path, benchmark: str, dataset: str, stem: str, k
             {"cache_file": None, "cache_hit": False, "cache_key": key}
     with _cache.ArrayWriter(npy, (n, 3, size, size)) as w:
         decode_all(paths, w.array, fn, num_workers, describe)
-        w.commit()
-    # meta last: an entry is valid only once this file exists
-    _cache.write_json_atomic(meta, {"key": key, "cache_version": _cache.CACHE_VERSION, "material": key_material,
-                                    "labels": [int(x) for x in labels]})
+        # old meta deleted before the array is replaced, new meta written last (data.cache.commit_entry)
+        _cache.commit_entry(w, meta, {"key": key, "cache_version": _cache.CACHE_VERSION, "material": key_material,
+                                      "labels": [int(x) for x in labels]})
     arr = np.load(npy, mmap_mode="c")
     return _to_torch(arr), torch.tensor(list(labels), dtype=torch.long), \
         {"cache_file": str(npy), "cache_hit": False, "cache_key": key}

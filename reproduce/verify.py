@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", help="sweep folder: every results.json below it is read")
     ap.add_argument("--config", help="reproduce/configs/<name>.yaml (default: the one named like the folder)")
     ap.add_argument("--tasks", nargs="*", help="expected tasks (default: every task of the config); "
-                                               "space- or comma-separated")
+                                               "space- or comma-separated; any alias data.tasks accepts "
+                                               "(cifar100, svhn_cropped, Flowers102 ...)")
     ap.add_argument("--backbone", help="compare with this paper backbone id instead of the runs' own")
     ap.add_argument("--tolerance", type=float, default=1.0, help="flag |ours - paper| above this (points; default 1)")
     ap.add_argument("--markdown", metavar="OUT.md", help="also write the report as Markdown")
@@ -399,10 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no config {cfg_path}; pass --config reproduce/configs/<name>.yaml", file=sys.stderr)
         return 2
     spec = taskcfg.load(cfg_path)
-    tasks = [t for item in (args.tasks or []) for t in item.replace(",", " ").split()] or list(spec["tasks"])
-    unknown = [t for t in tasks if t not in spec["tasks"]]
-    if unknown:
-        print(f"error: tasks {unknown} are not in {cfg_path}", file=sys.stderr)
+    # split on commas and spaces, not inside "(...)": dsprites(predicted_attribute=...,num_classes=16) is one name
+    names = [t for item in (args.tasks or []) for t in re.findall(r"(?:[^\s,()]|\([^)]*\))+", item)]
+    try:  # any name data.tasks.resolve_task accepts (aliases, TFDS names, any case) -> the config's canonical ids
+        tasks = taskcfg.select(spec, names) if names else list(spec["tasks"])
+    except taskcfg.ConfigError as e:
+        print(f"error: --tasks: {e} (config {cfg_path})", file=sys.stderr)
         return 2
     runs, problems = load_runs(root) if root.exists() else ([], [f"{root}: no such folder"])
     foreign = sorted({r["dataset"] for r in runs} - set(tasks))

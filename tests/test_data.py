@@ -5,6 +5,7 @@ CPU only, generated trees only (pytest tmp_path), no network.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -155,6 +156,60 @@ def test_cache_invalidated_when_split_file_or_image_changes(tmp_path):
     with pytest.warns(UserWarning, match="differs from its manifest"):
         c = load_split("eurosat", root, "val200", img_size=12, cache_dir=cache, strict_counts=False)
     assert c.info["cache_hit"] is False and int(c.images[2].max()) == 7
+
+
+class _Killed(BaseException):
+    """Stands in for a kill / power loss: not an Exception, so nothing on the way handles it."""
+
+
+@pytest.mark.parametrize("crash_before", [".npy", ".json"])
+def test_cache_rebuild_killed_between_array_and_meta_is_never_trusted(tmp_path, monkeypatch, crash_before):
+    """A rebuild of an entry (same file name, new key) killed just before its array or its JSON is moved into place
+    leaves no JSON at all; the next load rebuilds, also when its key is the old JSON's again (images restored with
+    their mtime), instead of serving the new array under the old JSON."""
+    root, cache = tmp_path / "vtab", tmp_path / "cache"
+    d = tiny_task(root, "eurosat")
+    a = load_split("eurosat", root, "val200", img_size=12, cache_dir=cache, strict_counts=False)
+    npy = Path(a.info["cache_file"])
+    img = d / (d / "val200.txt").read_text().split()[0]
+    orig, st = img.read_bytes(), img.stat()
+    Image.fromarray(np.full((12, 12, 3), 7, np.uint8)).save(img)  # new key for the same entry
+    os.utime(img, ns=(1, 1))
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(crash_before):
+            raise _Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(_Killed):
+        load_split("eurosat", root, "val200", img_size=12, cache_dir=cache, strict_counts=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not [p for p in cache_files(cache) if p.suffix == ".json"], "the old JSON must be gone before the array"
+    if crash_before == ".json":  # the new array is in place: the old JSON would have vouched for it
+        assert int(np.load(npy)[0].max()) == 7
+    img.write_bytes(orig)
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))  # the old key again
+    b = load_split("eurosat", root, "val200", img_size=12, cache_dir=cache, strict_counts=False)
+    assert b.info["cache_hit"] is False and b.info["cache_key"] == a.info["cache_key"]
+    assert torch.equal(b.images, a.images)
+    c = load_split("eurosat", root, "val200", img_size=12, cache_dir=cache, strict_counts=False)
+    assert c.info["cache_hit"] is True and torch.equal(c.images, a.images)
+    assert sorted(p.suffix for p in cache_files(cache)) == [".json", ".npy"]  # no temp file left behind
+
+
+def test_cache_array_of_another_size_than_its_json_records_is_rebuilt(tmp_path):
+    root, cache = tmp_path / "vtab", tmp_path / "cache"
+    tiny_task(root, "eurosat")
+    a = load_split("eurosat", root, "val200", img_size=12, cache_dir=cache, strict_counts=False)
+    npy = Path(a.info["cache_file"])
+    assert json.loads(npy.with_suffix(".json").read_text())["npy_bytes"] == npy.stat().st_size
+    with open(npy, "ab") as f:  # still loads as the same shape: only the recorded size tells
+        f.write(b"\0" * 64)
+    b = load_split("eurosat", root, "val200", img_size=12, cache_dir=cache, strict_counts=False)
+    assert b.info["cache_hit"] is False and torch.equal(b.images, a.images)
+    assert load_split("eurosat", root, "val200", img_size=12, cache_dir=cache, strict_counts=False).info["cache_hit"]
 
 
 def test_default_cache_dir(tmp_path, monkeypatch):
