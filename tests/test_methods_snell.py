@@ -268,6 +268,46 @@ def test_checkpointing_on_off_gives_equal_gradients():
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-6, atol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize("regularised", [True, False])
+def test_threshold_is_selected_once_per_step_even_with_checkpointing(regularised):
+    # The backward recomputation of a checkpointed branch rebuilds K and the mask from the threshold selected in the
+    # forward; it must not run the order statistics again (they dominate the step). One kthvalue per order
+    # statistic (the two ranks torch.quantile interpolates between), in forward + backward together.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    base = nn.Linear(64, 48).requires_grad_(False)
+    p = 0.1 if regularised else 0.0
+    layer = SNELLLinear(base, rank=8, sparsity=0.9, dropout=p, drop_path=p, checkpoint=True).train()
+    lo, hi, _ = snell._quantile_ranks(0.9, 64 * 48, torch.float32)
+    assert lo != hi
+    with Count():
+        layer(torch.randn(2, 5, 64)).square().sum().backward()
+    assert Count.calls.count("kthvalue.default") == 2
+    assert layer.A.grad is not None and layer.A.grad.abs().sum() > 0
+
+
+def test_branch_input_is_saved_in_the_autocast_dtype():
+    # LayerNorm outputs are fp32 under autocast; the branch must keep its (dropped) input for backward in bf16, as the
+    # frozen GEMM does, not in fp32 (SNELL's memory target: no more than LoRA on all linears).
+    torch.manual_seed(0)
+    layer = SNELLLinear(nn.Linear(64, 48).requires_grad_(False), rank=8, dropout=0.1, drop_path=0.1).train()
+    x = torch.randn(2, 5, 64)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+    activations = [t for t in saved if t.shape == x.shape]
+    assert activations and all(t.dtype == torch.bfloat16 for t in activations), [t.dtype for t in activations]
+
+
 # ------------------------------------------------------------------------------------------------------ merge / training
 
 

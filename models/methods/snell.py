@@ -14,9 +14,9 @@ made by :class:`SNELLQKVBranch` at ``attn.qkv_branch``, which references (does n
 
 Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version the tests compare against):
 
-* each Kˢ and its threshold are computed once per forward; the threshold comes from two order statistics
-  (quickselect on the CPU, one sort on CUDA) with ``torch.quantile``'s own rank arithmetic and interpolation
-  (:func:`quantile_threshold`), outside autograd;
+* each threshold is selected once per step, outside autograd and outside the activation checkpoint (whose
+  backward recomputation rebuilds K and the mask, not the selection): two order statistics (quickselect on the
+  CPU, one sort on CUDA) with ``torch.quantile``'s own rank arithmetic and interpolation (:func:`quantile_threshold`);
 * when a branch is deterministic (eval mode, or dropout = drop_path = 0) the layer runs ONE GEMM with W + Kˢᵀ instead
   of a second, full-size branch GEMM;
 * the q, k, v kernels (same shape) are built and thresholded as one batch;
@@ -37,8 +37,8 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .base import LINEAR_NAMES, DeltaLinear, Method, check_targets, iter_linears, register
 
-__all__ = ["SNELL", "SNELLLinear", "SNELLQKVBranch", "kernel", "sparsify", "sparse_kernel", "quantile_threshold",
-           "reference_kernel"]
+__all__ = ["SNELL", "SNELLLinear", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify", "sparse_kernel",
+           "quantile_threshold", "reference_kernel"]
 
 _QKV = ("q", "k", "v")
 _NO_INPUT_DROPOUT = ("proj",)  # the attention output feeds its branch undropped (snell.md §4)
@@ -92,24 +92,36 @@ def quantile_threshold(a: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(v_lo, v_hi, torch.full_like(v_lo, w))
 
 
-def sparsify(k: torch.Tensor, sparsity: float) -> torch.Tensor:
+def sparsify(k: torch.Tensor, sparsity: float, threshold: torch.Tensor | None = None) -> torch.Tensor:
     """Kˢ = K ⊙ sg(|K|) ⊙ [|K| > t], t = per-matrix quantile of |K| at ``sparsity`` (snell.md §3, code semantics).
 
-    k: (..., n_in, n_out), one threshold per trailing matrix. ``sparsity == 0`` returns K unchanged (KLoRA: no |K|
-    factor). The gradient reaching K is upstream ⊙ |K| ⊙ M: zero on masked entries, no straight-through estimator.
+    k: (..., n_in, n_out), one threshold per trailing matrix; ``threshold`` (...,) when already selected (it must be
+    :func:`kernel_threshold` of the same factors). ``sparsity == 0`` returns K unchanged (KLoRA: no |K| factor).
+    The gradient reaching K is upstream ⊙ |K| ⊙ M: zero on masked entries, no straight-through estimator.
     """
     if sparsity == 0:
         return k
     with torch.no_grad():  # selection and mask stay out of the autograd graph
         mag = k.abs()
-        t = quantile_threshold(mag.flatten(-2), sparsity)  # (...,)
+        t = quantile_threshold(mag.flatten(-2), sparsity) if threshold is None else threshold  # (...,)
         keep = mag * (mag > t[..., None, None])  # sg(|K|) ⊙ M
     return k * keep
 
 
-def sparse_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float) -> torch.Tensor:
+@torch.no_grad()
+def kernel_threshold(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float) -> torch.Tensor | None:
+    """The per-matrix threshold t of :func:`sparsify` for factors A, B (None when ``sparsity == 0``). Selected once
+    per step OUTSIDE the activation checkpoint, so the backward recomputation rebuilds K and its mask (cheap,
+    element-wise) but not the order statistics (the expensive part, which it otherwise ran a second time)."""
+    if sparsity == 0:
+        return None
+    return quantile_threshold(kernel(A, B, alpha).abs_().flatten(-2), sparsity)
+
+
+def sparse_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float,
+                  threshold: torch.Tensor | None = None) -> torch.Tensor:
     """Kˢ from the factors, batched over leading dims: (..., 2, n_in, h), (..., 2, n_out, h) -> (..., n_in, n_out)."""
-    return sparsify(kernel(A, B, alpha), sparsity)
+    return sparsify(kernel(A, B, alpha), sparsity, threshold)
 
 
 def reference_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -124,16 +136,29 @@ def reference_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, spar
     return k * mag * (mag > t)
 
 
-def _maybe_checkpoint(enabled: bool, fn, *args):
-    """Non-reentrant activation checkpointing (SNELL-1) when gradients are being recorded."""
+def _autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on (the branch GEMM would cast it anyway). Cast before the dropout
+    and the checkpoint, the branch input is saved for backward at 2 bytes an entry instead of 4: LayerNorm outputs
+    are fp32 under autocast, and the checkpoint keeps its inputs as given."""
+    dev = x.device.type
+    if dev != "meta" and torch.is_autocast_enabled(dev):
+        return x.to(torch.get_autocast_dtype(dev))
+    return x
+
+
+def _checkpointed(enabled: bool, fn, x, A, B, alpha, sparsity):
+    """``fn(x, A, B, threshold)`` under non-reentrant activation checkpointing (SNELL-1) when gradients are being
+    recorded, with the threshold selected once, outside (:func:`kernel_threshold`); else ``fn(x, A, B, None)``."""
     if enabled and torch.is_grad_enabled():
-        return _checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
+        t = kernel_threshold(A, B, alpha, sparsity)
+        return _checkpoint(fn, x, A, B, t, use_reentrant=False)
+    return fn(x, A, B, None)
 
 
-def _branches(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float):
+def _branches(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float,
+              threshold: torch.Tensor | None = None):
     """x·Kˢ_m for a batch of m same-shape kernels: x (..., n_in), A (m, 2, n_in, h), B (m, 2, n_out, h)."""
-    return tuple(x @ k for k in sparse_kernel(A, B, alpha, sparsity).unbind(0))
+    return tuple(x @ k for k in sparse_kernel(A, B, alpha, sparsity, threshold).unbind(0))
 
 
 # --------------------------------------------------------------------------------------------------------- modules
@@ -180,20 +205,22 @@ class SNELLLinear(DeltaLinear):
         """The update in ``nn.Linear`` layout (out, in): Kˢᵀ (snell.md §6)."""
         return self.sparse_kernel().t()
 
-    def _fused_forward(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        k = sparse_kernel(A, B, self.alpha, self.sparsity)  # (n_in, n_out)
+    def _fused_forward(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, t: torch.Tensor | None):
+        k = sparse_kernel(A, B, self.alpha, self.sparsity, t)  # (n_in, n_out)
         return F.linear(x, self.base.weight + k.t(), self.base.bias)
 
-    def _branch(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        return x @ sparse_kernel(A, B, self.alpha, self.sparsity)
+    def _branch(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+        return x @ sparse_kernel(A, B, self.alpha, self.sparsity, t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return _maybe_checkpoint(self.checkpoint, self._fused_forward, x, self.A, self.B)
+            return _checkpointed(self.checkpoint, self._fused_forward, x, self.A, self.B, self.alpha, self.sparsity)
         y = self.base(x)
         if self.shared_input:  # the branch arrives through attn.qkv_branch (one dropout draw for q, k and v)
             return y
-        return y + self.drop_path(_maybe_checkpoint(self.checkpoint, self._branch, self.drop(x), self.A, self.B))
+        xd = self.drop(_autocast_input(x))
+        branch = _checkpointed(self.checkpoint, self._branch, xd, self.A, self.B, self.alpha, self.sparsity)
+        return y + self.drop_path(branch)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.A.shape[-1] * 2}, "
@@ -220,10 +247,11 @@ class SNELLQKVBranch(nn.Module):
         if not live:
             return None, None, None
         first = live[0]
-        xd = self.drop(x)  # (B, N, D), the one draw
+        xd = self.drop(_autocast_input(x))  # (B, N, D), the one draw
         A = torch.stack([lin.A for lin in live])  # (m, 2, D, r/2)
         B = torch.stack([lin.B for lin in live])  # (m, 2, D, r/2)
-        outs = iter(_maybe_checkpoint(self.checkpoint, _branches, xd, A, B, first.alpha, first.sparsity))
+        branches = lambda x_, A_, B_, t: _branches(x_, A_, B_, first.alpha, first.sparsity, t)  # noqa: E731
+        outs = iter(_checkpointed(self.checkpoint, branches, xd, A, B, first.alpha, first.sparsity))
         return tuple(None if lin is None or lin.fused else lin.drop_path(next(outs)) for lin in self.linears)
 
 
