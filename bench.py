@@ -13,6 +13,17 @@ the same step as train.py), next to two reference rows measured in the same run:
 Then inference: the plain ViT vs each method's merged ViT (``models.merge``) and vs the method's own evaluation path
 (unmerged, eval mode), in img/s. Ratios are printed against floor/full/plain. Warm-up steps are excluded from timing.
 ``--project`` adds the projected wall time of reproduce/householder_vtab.sh from the measured throughputs.
+
+Two device-independent columns explain what a GPU run shows, and can be measured on the CPU (one extra untimed
+step per row, skipped with ``--compile``):
+
+* ``ops/step``: ATen operations dispatched by one training step (forward, backward, optimizer). An eager GPU step
+  launches about one kernel per operation, and at batch 64 the ViT-B step is bound by launching them;
+* ``saved MiB``: bytes autograd keeps for backward in one forward (distinct storages), the activation memory that
+  grows with the batch.
+
+``--select`` times SNELL's threshold strategies (``models.methods.snell.SELECTORS``) on the arch's real |K| shapes,
+per training step (one selection per matrix), so the device default can be chosen by measurement.
 """
 from __future__ import annotations
 
@@ -25,8 +36,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import models
+from models.methods import snell as _snell
+from models.vit import ARCHS
 
 # VTAB-1k test-set sizes (specs/benchmarks.md §1), for the projection of a full 19-task sweep.
 VTAB_TEST_SIZES = {
@@ -60,6 +74,32 @@ def _compiled(model, args):
                                                               args.compile)
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts ATen operations dispatched while active (autograd's backward included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        seen.setdefault(st.data_ptr(), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
 def bench_train(model, args, device) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=device.type == "cuda")  # as train.py
@@ -86,8 +126,50 @@ def bench_train(model, args, device) -> dict:
     _sync(device)
     dt = (time.perf_counter() - t0) / args.steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"img_per_s": args.batch_size / dt, "ms_per_step": dt * 1e3, "peak_mem_gib": peak,
-            "params": models.count_parameters(model), "params_no_head": models.count_parameters(model, head=False)}
+    out = {"img_per_s": args.batch_size / dt, "ms_per_step": dt * 1e3, "peak_mem_gib": peak,
+           "params": models.count_parameters(model), "params_no_head": models.count_parameters(model, head=False)}
+    if args.compile == "none":  # untimed: one step under an op counter, one forward under saved-tensor hooks
+        with _OpCounter() as counter:
+            step()
+        out["ops_per_step"] = counter.n
+
+        def forward():
+            with _autocast(device, args.precision):
+                net(x)
+
+        out["saved_mib"] = _saved_bytes(forward) / 2**20
+        opt.zero_grad(set_to_none=True)
+    return out
+
+
+def bench_select(args, device) -> dict:
+    """ms per training step of each SNELL threshold strategy on the arch's |K| shapes: per block, q/k/v as one
+    (3, D·D) batch, proj (1, D·D), fc1 and fc2 (1, D·4D) each, times the depth; |K| of the default init."""
+    cfg = ARCHS[args.arch]
+    d, h = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def mag(m, n_in, n_out):
+        A = (torch.rand(m, 2, n_in, 4, generator=g) * 2 - 1) / (n_in * 4) ** 0.5
+        B = (torch.rand(m, 2, n_out, 4, generator=g) * 2 - 1) / (n_out * 4) ** 0.5
+        alpha = torch.tensor([0.1, -0.1]).view(2, 1, 1)
+        return _snell.kernel(A, B, alpha).abs().flatten(-2).to(device)
+
+    block = [mag(3, d, d), mag(1, d, d), mag(1, d, h), mag(1, h, d)]
+    out = {}
+    for name in _snell.SELECTORS:
+        def run():
+            for a in block:
+                _snell.quantile_threshold(a, 0.9, select=name)
+        for _ in range(max(args.warmup, 1)):
+            run()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            run()
+        _sync(device)
+        out[name] = (time.perf_counter() - t0) / args.steps * cfg.depth * 1e3
+    return out
 
 
 @torch.no_grad()
@@ -141,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",
                    help="torch.compile every row's model (training and inference) in this mode")
     p.add_argument("--project", action="store_true", help="project the 19-task HTA sweep time")
+    p.add_argument("--select", action="store_true", help="also time SNELL's threshold strategies on this device")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -184,16 +267,18 @@ def main(argv=None) -> int:
                                                                                  platform.machine())
     print(f"\n{args.arch} {args.img_size}px, batch {args.batch_size} (eval {args.eval_batch_size}), {args.precision}, "
           f"{dev_name}, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'row':<10}{'params':>12}{'img/s':>10}{'ms/step':>9}{'peak GiB':>9}{'×floor':>8}{'×full':>7}"
-          f"{'eval img/s':>12}{'×plain':>8}{'merged':>9}{'×plain':>8}")
+    print(f"{'row':<13}{'params':>12}{'img/s':>10}{'ms/step':>9}{'peak GiB':>9}{'×floor':>8}{'×full':>7}"
+          f"{'eval img/s':>12}{'×plain':>8}{'merged':>9}{'×plain':>8}{'ops/step':>9}{'saved MiB':>10}")
     for name, r in rows.items():
         mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
         ev = f"{r['eval_img_per_s']:.0f}" if "eval_img_per_s" in r else "-"
         evx = f"{r['eval_x_plain']:.2f}" if "eval_x_plain" in r else "-"
         mg = f"{r['merged_img_per_s']:.0f}" if "merged_img_per_s" in r else "-"
         mgx = f"{r['merged_x_plain']:.2f}" if "merged_x_plain" in r else "-"
-        print(f"{name:<10}{r['params']:>12,}{r['img_per_s']:>10.1f}{r['ms_per_step']:>9.1f}{mem:>9}"
-              f"{r['x_floor']:>8.2f}{r['x_full']:>7.2f}{ev:>12}{evx:>8}{mg:>9}{mgx:>8}")
+        ops = f"{r['ops_per_step']:,}" if "ops_per_step" in r else "-"
+        sv = f"{r['saved_mib']:.1f}" if "saved_mib" in r else "-"
+        print(f"{name:<13}{r['params']:>12,}{r['img_per_s']:>10.1f}{r['ms_per_step']:>9.1f}{mem:>9}"
+              f"{r['x_floor']:>8.2f}{r['x_full']:>7.2f}{ev:>12}{evx:>8}{mg:>9}{mgx:>8}{ops:>9}{sv:>10}")
     report = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": dev_name,
               "torch": torch.__version__, "cuda": torch.version.cuda, "args": vars(args), "rows": rows}
     if args.project:
@@ -203,6 +288,10 @@ def main(argv=None) -> int:
             print(f"\nprojected householder_vtab.sh (19 tasks × 100 epochs): training {pr['train_s'] / 60:.1f} min; "
                   f"total {pr['total_min_eval_every_epoch']:.1f} min evaluating test every epoch, "
                   f"{pr['total_min_eval_snell_schedule']:.1f} min with the 19-evaluation schedule")
+    if args.select:
+        report["select_ms_per_step"] = sel = bench_select(args, device)
+        print(f"\nSNELL threshold selection, ms per training step ({args.arch}): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in sel.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -8,7 +8,7 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     out = tmp_path / "bench.json"
     code = bench.main(["--device", "cpu", "--arch", "vit_micro_patch8", "--img-size", "32", "--batch-size", "8",
                        "--eval-batch-size", "8", "--precision", "fp32", "--steps", "2", "--warmup", "1",
-                       "--methods", "hta,lora,snell_nodrop,adapter", "--project", "--json", str(out)])
+                       "--methods", "hta,lora,snell_nodrop,adapter", "--project", "--select", "--json", str(out)])
     assert code == 0
     rep = json.loads(out.read_text())
     rows = rep["rows"]
@@ -19,6 +19,11 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert "merged_img_per_s" in rows["hta"] and "merged_img_per_s" not in rows["adapter"]  # adapter can't merge
     assert rows["hta"]["params_no_head"] == 2 * 4 * (3 + 2) * 64  # 2 blocks × q,k,v,proj × (3 + 2r)·D
     assert rep["projection"]["train_s"] > 0 and rep["device"] and rep["torch"]
+    # device-independent columns: an adapter method dispatches more ops than the floor; activations are saved
+    assert all(r["ops_per_step"] > rows["floor"]["ops_per_step"] for n, r in rows.items() if n != "floor")
+    assert all(r["saved_mib"] > 0 for r in rows.values())
+    assert set(rep["select_ms_per_step"]) == {"kthvalue", "sort", "topk"}
+    assert all(v > 0 for v in rep["select_ms_per_step"].values())
 
 
 def test_unknown_method_is_refused(capsys):

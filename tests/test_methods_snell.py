@@ -88,15 +88,19 @@ def test_selection_threshold_equals_torch_quantile_exactly(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_both_order_statistic_selections_agree(dtype):
-    """quantile_threshold picks quickselect on the CPU and a sort on CUDA; both give the same order statistics."""
+def test_every_order_statistic_selection_agrees(dtype):
+    """quickselect (CPU default), sort (CUDA default) and the top-k strategy give the same order statistics, and
+    each of them the same threshold as torch.quantile, also with many ties."""
     g = torch.Generator().manual_seed(1)
     for a in (torch.rand(3, 4097, generator=g, dtype=dtype), (torch.rand(2, 500, generator=g, dtype=dtype) * 10).round()):
-        ranks = (0, 1, 250, 499, a.shape[-1] - 1)
-        for x, y in zip(snell._select_kthvalue(a, ranks), snell._select_sort(a, ranks)):
-            assert torch.equal(x, y)
         ref = a.sort(dim=-1).values
-        assert all(torch.equal(x, ref[..., r]) for x, r in zip(snell._select_sort(a, ranks), ranks))
+        for ranks in ((0, 1, 250, 499, a.shape[-1] - 1), (449, 450), (a.shape[-1] - 1,)):
+            for name, fn in snell.SELECTORS.items():
+                got = fn(a, ranks)
+                assert all(torch.equal(x, ref[..., r]) for x, r in zip(got, ranks)), (name, ranks)
+        for name in snell.SELECTORS:
+            for q in (0.1, 0.9, 0.9999):
+                assert torch.equal(snell.quantile_threshold(a, q, select=name), torch.quantile(a, q, dim=-1)), name
 
 
 @pytest.mark.parametrize("shape,s", [((48, 40), 0.1), ((48, 40), 0.37), ((48, 40), 0.5), ((48, 40), 0.9),

@@ -78,17 +78,35 @@ def _select_sort(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
     return [srt[..., r] for r in ranks]
 
 
-def quantile_threshold(a: torch.Tensor, q: float) -> torch.Tensor:
+def _select_topk(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
+    """The same values from a radix-select top-k: the n − r0 largest entries (r0 = the smallest rank) are, as a
+    multiset, the sorted entries of ranks r0 … n−1, so the few wanted ranks are the smallest of those. Touches the
+    data a few times instead of sorting it; whether it beats the sort on a GPU is measured by ``bench.py --select``."""
+    r0 = min(ranks)
+    top = a.topk(a.shape[-1] - r0, dim=-1, largest=True, sorted=False).values      # (..., n − r0)
+    low = top.topk(max(ranks) - r0 + 1, dim=-1, largest=False, sorted=True).values  # ascending
+    return [low[..., r - r0] for r in ranks]
+
+
+# Order-statistic strategies by device type ("default" for the rest); bench.py --select times each on the device.
+SELECTORS = {"kthvalue": _select_kthvalue, "sort": _select_sort, "topk": _select_topk}
+SELECT_BY_DEVICE = {"cuda": "sort", "default": "kthvalue"}
+
+
+def quantile_threshold(a: torch.Tensor, q: float, select: str | None = None) -> torch.Tensor:
     """``torch.quantile(a, q, dim=-1)`` (linear interpolation) by selection. a: (..., n) -> (...).
 
     Bit-identical to ``torch.quantile`` for float32/float64 (same rank arithmetic, same ``lerp``), and free of its
-    2²⁴-element limit (snell.md §3 "Size limit"). Quickselect on the CPU, one sort on CUDA (see ``_select_sort``).
+    2²⁴-element limit (snell.md §3 "Size limit"). ``select`` names a strategy of ``SELECTORS``; by default
+    ``SELECT_BY_DEVICE`` (quickselect on the CPU, one sort on CUDA; see ``_select_sort``).
     """
     lo, hi, w = _quantile_ranks(float(q), a.shape[-1], a.dtype)
-    select = _select_sort if a.is_cuda else _select_kthvalue
+    if select is None:
+        select = SELECT_BY_DEVICE.get(a.device.type, SELECT_BY_DEVICE["default"])
+    fn = SELECTORS[select]
     if hi == lo:
-        return select(a, (lo,))[0]  # torch.quantile: lerp(v, v, 0) == v
-    v_lo, v_hi = select(a, (lo, hi))
+        return fn(a, (lo,))[0]  # torch.quantile: lerp(v, v, 0) == v
+    v_lo, v_hi = fn(a, (lo, hi))
     return torch.lerp(v_lo, v_hi, torch.full_like(v_lo, w))
 
 
