@@ -5,8 +5,9 @@
     python reproduce/search.py ... --dry-run                                                   # print the commands
 
 Every trial is one ``train.py --protocol clean`` run: train on train800 and score on val200 (FGVC: train.json →
-val.json) with the **last-epoch** validation top-1 — the test split plays no part in the choice. Ties go to the
-smaller lr (as VPT's ``tune_vtab.py``), then to the earlier grid point. The grids are the config's ``search:`` block:
+val.json) with the **last-epoch** validation top-1 (``acc_val_last``) — the test split plays no part in the choice.
+Ties go to the smaller lr (as VPT's ``tune_vtab.py``), then to the earlier grid point. The grids are the config's
+``search:`` block:
 
 * default (reduced, hta.md §5.2 "staged"): ``stage1`` (lr × wd at batch 32, dropout 0.1), then ``stage2`` (batch ×
   dropout at the stage-1 lr and wd);
@@ -17,6 +18,12 @@ arguments. Trials live in ``$OUT/<config>_search/<task>/<trial>/`` and are skipp
 a search resumes. After each task the chosen values are written into the config (``--write``, default: the config
 itself, which ``reproduce/householder_*.sh`` reads), each line commented with its source and val score, ``selection:
 val`` is set, and ``<task>/search.json`` keeps every trial's score.
+
+Then the retrain and the report (§6.2 steps 2-3): run the sweep with the written config and the default
+``PROTOCOL=paper`` (e.g. ``CONFIG=<written config> reproduce/householder_vtab.sh``). Those runs train on
+train800val200 (FGVC: train.json) with the selected values; their ``acc_last`` — test top-1 at the last epoch — is
+the clean number, which ``verify.py`` prints as "ours: clean (last epoch)" (fully clean because the config says
+``selection: val``). ``PROTOCOL=clean`` would instead re-run the train800 selection runs.
 
 Knobs as the sweeps (flags win over environment): VTAB_ROOT / FGVC_ROOT, WEIGHTS, ARCH, IMG_SIZE, PRECISION, EPOCHS,
 OUT.
@@ -68,7 +75,10 @@ def apply_point(base: dict, point: dict) -> dict:
 
 
 def val_score(result: dict) -> float:
-    """Last-epoch validation top-1 of a ``protocol: clean`` run (benchmarks.md §6.2 step 1)."""
+    """Last-epoch validation top-1 of a ``protocol: clean`` run (benchmarks.md §6.2 step 1): ``acc_val_last``, or the
+    last epoch's ``val_acc`` in the history of a results.json written before that field existed."""
+    if result.get("acc_val_last") is not None:
+        return float(result["acc_val_last"])
     hist = result.get("history") or []
     last = [r for r in hist if r.get("epoch") == result.get("epochs") and r.get("val_acc") is not None]
     if not last:
@@ -285,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(write)
         print(f"   wrote {task} into {write}", flush=True)
     if not args.dry_run:
-        print(f"done: {len(chosen)}/{len(tasks)} task(s) searched; run the sweep with CONFIG={write}")
+        print(f"done: {len(chosen)}/{len(tasks)} task(s) searched; retrain and report with the sweep, CONFIG={write} "
+              "and the default PROTOCOL=paper (train800val200; its last-epoch test top-1 is the clean number)")
     return 0
 
 

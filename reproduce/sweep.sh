@@ -16,8 +16,14 @@
 #   ARCH       architecture (default per script); IMG_SIZE (default 224); PRECISION fp32|bf16 (default fp32)
 #   SEEDS      number of seeds (default 1, as the papers): seeds = config seed, +1, ...; 3 gives mean ± std
 #   SEED_LIST  explicit seeds instead, e.g. "42 43 44"
-#   PROTOCOL   paper (default: train800val200, test every eval epoch) | clean (train800, epoch chosen on val200)
-#   CONFIG     another sweep config (default reproduce/configs/$CONFIG_NAME.yaml, e.g. one written by search.py)
+#   PROTOCOL   paper (default): train800val200 (FGVC: train), test every eval epoch; verify.py prints the
+#              test-selected max and the last-epoch test top-1, which is the clean protocol's reported number
+#              (benchmarks.md §6.2 steps 2-3) when CONFIG holds values selected on val200 (search.py: selection: val)
+#              | clean: the selection runs of §6.2 step 1 (train800 -> val200, FGVC train -> val): val top-1 at the
+#              last epoch (acc_val_last; test read at the last epoch only); no epoch is selected, no test number
+#              of these runs is the clean report
+#   CONFIG     another sweep config (default reproduce/configs/$CONFIG_NAME.yaml, e.g. one written by search.py:
+#              search.py, then this sweep with PROTOCOL=paper = the clean protocol's retrain and report)
 #   TOLERANCE  verify.py tolerance in points (default 1.0); STRICT=1 makes out-of-tolerance rows fail the sweep
 #   MARKDOWN   also write verify.py's table as Markdown to this file
 #   FAIL_FAST=1  stop at the first failed run (default: go on, list failures at the end, exit 1)

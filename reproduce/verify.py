@@ -15,7 +15,8 @@ What is printed, per task then per aggregate:
   train800val200 (FGVC: train), step 3 of the clean protocol (§6.2). It is fully clean only when the config's
   hyper-parameters were selected on val200 (``selection: val`` in the config, e.g. after ``reproduce/search.py``);
   otherwise the header says the hyper-parameters come from the papers' test-selected recipes;
-* ``protocol: clean`` runs of train.py (train800, epoch chosen on val200) add a column "val-selected" when present;
+* ``protocol: clean`` runs of train.py (the selection runs of §6.2 step 1: train800, scored by val200 top-1 at the last
+  epoch, ``acc_val_last``) add a column "val top-1, last epoch" when present — a selection score, not a test result;
 * the three group means and **both** VTAB overall means, labelled: ``mean_19`` (plain mean of the 19 tasks; HTA's
   "Mean Total", SNELL Tables A7 and 5(b)) and ``mean_groups`` (mean of the three group means; SNELL Tables 1, 4, 5(a),
   A11). A convention the paper did not print is computed from the paper's own per-task values where it has them
@@ -116,7 +117,7 @@ class TaskResult:
     seeds: list = field(default_factory=list)                 # paper-protocol runs
     test_selected: list[float] = field(default_factory=list)  # acc_best_test, paper protocol
     clean_last: list[float] = field(default_factory=list)     # acc_last, paper protocol (train800val200)
-    val_selected: list[float] = field(default_factory=list)   # acc_val_selected, clean protocol (train800)
+    val_last: list[float] = field(default_factory=list)   # acc_val_last, clean-protocol selection runs (train800)
     params: list[int] = field(default_factory=list)
     params_no_head: list[int] = field(default_factory=list)
     peak_mem_mb: list[float] = field(default_factory=list)
@@ -137,8 +138,8 @@ def collect(runs: list[dict]) -> dict[str, TaskResult]:
                 tr.test_selected.append(float(r["acc_best_test"]))
             if r.get("acc_last") is not None:
                 tr.clean_last.append(float(r["acc_last"]))
-        elif r.get("acc_val_selected") is not None:
-            tr.val_selected.append(float(r["acc_val_selected"]))
+        elif r.get("acc_val_last") is not None:
+            tr.val_last.append(float(r["acc_val_last"]))
         for key, dst in (("params_trainable", tr.params), ("params_trainable_no_head", tr.params_no_head),
                          ("peak_mem_mb", tr.peak_mem_mb), ("train_img_per_s", tr.img_per_s)):
             if r.get(key) is not None:
@@ -158,7 +159,7 @@ class Row:
     ours_std: float | None = None
     clean: float | None = None   # last epoch
     clean_std: float | None = None
-    val_selected: float | None = None
+    val_last: float | None = None
     paper: float | None = None
     paper_printed: str | None = None
     paper_source: str | None = None  # e.g. "Table 1" or "Table 1 (computed)"
@@ -184,7 +185,7 @@ class Report:
     perf: dict
     notes: list[str]
     missing: list[str]
-    has_val_selected: bool = False
+    has_val_last: bool = False
 
     @property
     def out_of_tolerance(self) -> list[Row]:
@@ -230,10 +231,10 @@ def build_report(results: dict[str, TaskResult], refs: list[T.PaperRow], tasks: 
             row.n = len(tr.seeds)
             row.ours, row.ours_std = tr.stat("test_selected")
             row.clean, row.clean_std = tr.stat("clean_last")
-            row.val_selected, _ = tr.stat("val_selected")
+            row.val_last, _ = tr.stat("val_last")
         row.paper, row.paper_printed, row.paper_source = _paper_value(refs, task)
         row.flag = "missing" if tr is None else _flag(row.diff, tolerance)
-        for dst, v in ((ours_ts, row.ours), (ours_clean, row.clean), (ours_vs, row.val_selected)):
+        for dst, v in ((ours_ts, row.ours), (ours_clean, row.clean), (ours_vs, row.val_last)):
             if v is not None:
                 dst[task] = v
         rows.append(row)
@@ -243,7 +244,7 @@ def build_report(results: dict[str, TaskResult], refs: list[T.PaperRow], tasks: 
     ts_agg, clean_agg, vs_agg = K.aggregates(ours_ts), K.aggregates(ours_clean), K.aggregates(ours_vs)
     for key in agg_keys:
         row = Row(key, AGG_LABELS[key], "aggregate")
-        row.ours, row.clean, row.val_selected = ts_agg.get(key), clean_agg.get(key), vs_agg.get(key)
+        row.ours, row.clean, row.val_last = ts_agg.get(key), clean_agg.get(key), vs_agg.get(key)
         members = K.GROUPS.get(key[len("mean_"):]) or (K.FGVC_TASKS if key == "mean_fgvc" else K.VTAB_TASKS)
         row.n, row.n_total = len([t for t in members if t in ours_ts]), len(members)
         row.paper, row.paper_printed, row.paper_source = _paper_value(refs, key)
@@ -264,7 +265,7 @@ def build_report(results: dict[str, TaskResult], refs: list[T.PaperRow], tasks: 
     missing = [t for t in tasks if t not in results]
     return Report(title=title, backbone=backbone, reference=[r.label for r in refs], tolerance=tolerance, rows=rows,
                   params=params, perf=perf, notes=list(notes or []), missing=missing,
-                  has_val_selected=any(r.val_selected is not None for r in rows))
+                  has_val_last=any(r.val_last is not None for r in rows))
 
 
 def _params_verdict(p: dict) -> str:
@@ -299,8 +300,8 @@ def _columns(report: Report) -> list[tuple[str, callable]]:
         ("ours: clean (last epoch)", lambda r: _fmt(r.clean, r.clean_std)),
         ("Δ clean", lambda r: _fmt_diff(r.clean_diff)),
     ]
-    if report.has_val_selected:
-        cols.append(("ours: val-selected (train800)", lambda r: _fmt(r.val_selected)))
+    if report.has_val_last:
+        cols.append(("ours: val top-1, last epoch (train800; selection score)", lambda r: _fmt(r.val_last)))
     cols.append(("paper source", lambda r: r.paper_source or ""))
     return cols
 

@@ -106,7 +106,7 @@ def _result(task, best, last=None, seed=42, protocol="paper", params=None, arch=
     return {"method": "hta", "method_args": {"rank": 1}, "arch": arch, "pretrained": {"source": source, "sha256": None},
             "dataset": task, "benchmark": K.benchmark_of(task), "protocol": protocol, "seed": seed,
             "acc_best_test": best if protocol == "paper" else None, "acc_last": best - 0.3 if last is None else last,
-            "acc_val_selected": val_selected, "params_trainable": params or 184_320 + 769 * C,
+            "acc_val_last": val_selected, "params_trainable": params or 184_320 + 769 * C,
             "params_trainable_no_head": 184_320, "peak_mem_mb": 1000.0, "train_img_per_s": 500.0}
 
 
@@ -184,12 +184,12 @@ def test_seeds_are_averaged_and_clean_runs_get_their_own_column(tmp_path):
     rep = verify.build_report(verify.collect(verify.load_runs(root)[0]), refs, list(K.FGVC_TASKS), tolerance=1.0)
     cub = rep.rows[0]
     assert (cub.n, cub.ours, cub.ours_std) == (3, pytest.approx(90.0), pytest.approx(1.0))  # n: the 3 seeds
-    assert cub.val_selected == 88.0 and rep.has_val_selected
+    assert cub.val_last == 88.0 and rep.has_val_last
     assert cub.paper == tables.find("SNELL", "Table 1", "vit_b16_in21k", "SNELL-32").values["cub"]
     assert rep.missing == ["nabirds", "oxford_flowers", "stanford_dogs", "stanford_cars"]
     assert [r.name for r in rep.rows[5:]] == ["mean_fgvc"] and rep.rows[5].ours is None
     text = verify.render_text(rep)
-    assert "90.00 ± 1.00" in text and "val-selected (train800)" in text
+    assert "90.00 ± 1.00" in text and "val top-1, last epoch (train800; selection score)" in text
 
 
 def test_partial_reference_rows_and_backbones(tmp_path, capsys):

@@ -132,14 +132,14 @@ def test_atomic_write_never_leaves_a_half_written_file(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["train_state.pt"]
 
 
-def test_clean_protocol_selects_on_val_and_eval_merge_agrees(cache, tmp_path, capsys):
+def test_clean_protocol_scores_val_at_the_last_epoch_and_eval_merge_agrees(cache, tmp_path, capsys):
     out = tmp_path / "clean"
     run(["--method", "hta", "--dataset", "demo", *FAST, "--epochs", "3", "--protocol", "clean", "--lr", "5e-3",
          "--method-args", "rank=2", "--out", out], cache)
     res = json.loads((out / "results.json").read_text())
     assert res["splits"]["train"]["name"] == "train800" and res["splits"]["val"]["name"] == "val200"
-    assert res["acc_best_test"] is None and res["acc_val_selected"] is not None
-    assert 1 <= res["val_selected_epoch"] <= 3 and res["method_args"]["rank"] == 2
+    assert res["acc_best_test"] is None and res["acc_val_last"] == res["history"][-1]["val_acc"]
+    assert res["acc_last"] == res["history"][-1]["test_acc"] and res["method_args"]["rank"] == 2
     os.environ["VIT_PEFT_CACHE"] = str(cache)
     assert E.main(["--run", str(out), "--merge", "--device", "cpu"]) == 0
     stdout = capsys.readouterr().out
