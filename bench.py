@@ -12,7 +12,8 @@ the same step as train.py), next to two reference rows measured in the same run:
 
 Then inference: the plain ViT vs each method's merged ViT (``models.merge``) and vs the method's own evaluation path
 (unmerged, eval mode), in img/s. Ratios are printed against floor/full/plain. Warm-up steps are excluded from timing.
-``--project`` adds the projected wall time of reproduce/householder_vtab.sh from the measured throughputs.
+``--project`` adds the projected wall time of reproduce/householder_vtab.sh from the measured throughputs
+(see :func:`projection`).
 
 Two device-independent columns explain what a GPU run shows, and can be measured on the CPU (one extra untimed
 step per row, skipped with ``--compile``):
@@ -33,6 +34,7 @@ import json
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -189,20 +191,92 @@ def bench_infer(model, args, device) -> float:
     return args.eval_batch_size * args.steps / (time.perf_counter() - t0)
 
 
-def projection(rows: dict, args) -> dict:
-    """Projected wall time of the 19-task HTA sweep (100 epochs × 1,000 images, paper-protocol evaluation every
-    epoch (ARC/HTA convention) of the test split), from the measured HTA training and evaluation throughputs."""
-    hta = rows.get("hta")
-    if not hta or "eval_img_per_s" not in hta:
-        return {}
-    epochs, n_train = 100, 1000
-    train_s = 19 * epochs * n_train / hta["img_per_s"]
-    evals_per_task = {"every_epoch": epochs, "snell_schedule": 10 + 9}
-    out = {"train_s": train_s}
-    for name, n in evals_per_task.items():
-        eval_s = sum(VTAB_TEST_SIZES.values()) * n / hta["eval_img_per_s"]
-        out[f"total_min_eval_{name}"] = (train_s + eval_s) / 60
+def _rel_err(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def device_checks(args, device, tol: float = 1e-4) -> dict:
+    """The fast paths against their references ON THIS DEVICE, in fp32 (the CPU test suite checks them on the CPU):
+
+    * every SNELL threshold strategy == ``torch.quantile`` exactly, on |K| of the arch's q/k/v shape;
+    * HTA with the batched prelude == the per-layer path (output and every gradient; dropout 0.1, same masks);
+    * SNELL with activation checkpointing == without (every gradient; same dropout and drop-path draws).
+    """
+    cfg = ARCHS[args.arch]
+    d = cfg.embed_dim
+    g = torch.Generator(device="cpu").manual_seed(0)
+    A, B = torch.rand(3, 2, d, 4, generator=g) - 0.5, torch.rand(3, 2, d, 4, generator=g) - 0.5
+    mag = _snell.kernel(A, B, torch.tensor([0.1, -0.1]).view(2, 1, 1)).abs().flatten(-2).to(device)
+    ref = torch.quantile(mag, 0.9, dim=-1)
+    out: dict = {f"select_{n}_exact": bool(torch.equal(_snell.quantile_threshold(mag, 0.9, select=n), ref))
+                 for n in _snell.SELECTORS}
+    x = torch.randn(4, 3, args.img_size, args.img_size, generator=g).to(device)
+
+    def outputs_and_grads(model):
+        torch.manual_seed(0)
+        y = model(x)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [y.detach(), *torch.autograd.grad(y.square().sum(), params)]
+
+    torch.manual_seed(0)
+    hta = models.create_model(args.arch, "hta", num_classes=10, img_size=args.img_size, dropout=0.1).to(device).train()
+    with torch.no_grad():
+        for n, p in hta.named_parameters():
+            if n.endswith((".d", ".up")) or n.startswith("head."):
+                p.normal_(0, 0.2)
+    batched = outputs_and_grads(hta)
+    hta.prelude = None
+    out["hta_prelude_rel_err"] = max(map(_rel_err, batched, outputs_and_grads(hta)))
+    torch.manual_seed(0)
+    sn = models.create_model(args.arch, "snell", num_classes=10, img_size=args.img_size).to(device).train()
+    with_ckpt = outputs_and_grads(sn)
+    for m in sn.modules():
+        if hasattr(m, "checkpoint"):
+            m.checkpoint = False
+    out["snell_checkpoint_rel_err"] = max(map(_rel_err, with_ckpt, outputs_and_grads(sn)))
+    out["ok"] = all(v for k, v in out.items() if k.endswith("_exact")) and \
+        all(v <= tol for k, v in out.items() if k.endswith("_rel_err"))
     return out
+
+
+HTA_VTAB_CONFIG = Path(__file__).resolve().parent / "reproduce" / "configs" / "hta_vtab.yaml"
+
+
+def projection(rows: dict, args) -> dict:
+    """Projected wall time of ``reproduce/householder_vtab.sh``: every task of ``configs/hta_vtab.yaml`` resolved as
+    the sweep resolves it (epochs, evaluation schedule; 1,000 training images per epoch), at the measured training
+    throughput of HTA as configured (the ``hta_cfg`` row, else ``hta``) and the evaluation throughput train.py uses
+    (the merged model when ``eval_merged``, else the unmerged one). Also given: the same with the 19-evaluation
+    schedule (every 10th + the last 10 epochs) instead of the config's."""
+    sys.path.insert(0, str(HTA_VTAB_CONFIG.parents[2]))
+    from reproduce import taskcfg
+    from train import OPTIONS, eval_epochs
+
+    hta = rows.get("hta_cfg") or rows.get("hta")
+    if not hta:
+        return {}
+    spec = taskcfg.load(HTA_VTAB_CONFIG)
+    defaults = {k: v[0] for k, v in OPTIONS.items()}
+    eval_key = "merged_img_per_s" if defaults.get("eval_merged", True) and "merged_img_per_s" in hta else \
+        "eval_img_per_s"
+    if eval_key not in hta:
+        return {}
+    train_imgs = eval_imgs = eval_imgs_19 = 0
+    for task in spec["tasks"]:
+        cfg = {**defaults, **taskcfg.resolve(spec, task)}
+        train_imgs += cfg["epochs"] * 1000
+        eval_imgs += len(eval_epochs(cfg)) * VTAB_TEST_SIZES[task]
+        eval_imgs_19 += len(eval_epochs({**cfg, "eval_every": 10, "eval_last": 10})) * VTAB_TEST_SIZES[task]
+    train_s = train_imgs / hta["img_per_s"]
+    return {"row": "hta_cfg" if "hta_cfg" in rows else "hta", "eval_throughput": eval_key, "train_s": train_s,
+            "eval_images": eval_imgs, "total_min": (train_s + eval_imgs / hta[eval_key]) / 60,
+            "total_min_19_evals": (train_s + eval_imgs_19 / hta[eval_key]) / 60}
+
+
+def _hta_config_args() -> dict:
+    import yaml
+
+    return dict(yaml.safe_load(HTA_VTAB_CONFIG.read_text())["defaults"]["method_args"])
 
 
 def main(argv=None) -> int:
@@ -215,7 +289,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--methods", default="arc,arc_att,hta,lora,lora_all,snell",
                    help="comma-separated; 'lora_all' = LoRA r8 on all six linears (the SNELL memory reference), "
-                        "'snell_nodrop' = SNELL with dropout and drop-path 0")
+                        "'snell_nodrop' = SNELL with dropout and drop-path 0, 'hta_cfg' = HTA with the method "
+                        "arguments of reproduce/configs/hta_vtab.yaml (used by --project)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per row")
@@ -224,6 +299,10 @@ def main(argv=None) -> int:
                    help="torch.compile every row's model (training and inference) in this mode")
     p.add_argument("--project", action="store_true", help="project the 19-task HTA sweep time")
     p.add_argument("--select", action="store_true", help="also time SNELL's threshold strategies on this device")
+    p.add_argument("--train-only", action="store_true", help="skip the inference rows (e.g. to keep a --compile run "
+                                                               "short: each inference model compiles again)")
+    p.add_argument("--check", action="store_true", help="also check the fast paths against their references on "
+                                                          "this device (results in the JSON; exit 1 if one fails)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -231,7 +310,9 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     special = {"lora_all": ("lora", {"targets": ("q", "k", "v", "proj", "fc1", "fc2")}),
                # SNELL without its branch dropout / drop-path: the one-GEMM (W + Kˢ) path in training too
-               "snell_nodrop": ("snell", {"dropout": 0.0, "drop_path": 0.0})}
+               "snell_nodrop": ("snell", {"dropout": 0.0, "drop_path": 0.0}),
+               # HTA as reproduce/configs/hta_vtab.yaml trains it (its dropout takes the two-GEMM path)
+               "hta_cfg": ("hta", _hta_config_args())}
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
         if m not in models.METHODS and m not in special:
@@ -239,24 +320,19 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
     rows: dict[str, dict] = {}
-    plain = None
     for name in ["floor", "full", *methods]:
         method, kw = special.get(name, (name, {}))
         model = build(method, args, device, **kw)
         rows[name] = bench_train(model, args, device)
-        if name == "floor":
-            plain = model
-            rows[name]["eval_img_per_s"] = bench_infer(plain, args, device)
-        elif name != "full":
+        if not args.train_only and name != "full":  # floor: the plain ViT's inference, the reference of ×plain
             rows[name]["eval_img_per_s"] = bench_infer(model, args, device)
-            if model.method.mergeable:
+            if name != "floor" and model.method.mergeable:
                 rows[name]["merged_img_per_s"] = bench_infer(models.merge(model), args, device)
-        if name not in ("floor",):
-            del model
+        del model  # nothing of this row stays allocated into the next row's peak memory
         if device.type == "cuda":
             torch.cuda.empty_cache()  # between rows only, so each row's peak memory is its own
         print(f"  measured {name}", file=sys.stderr, flush=True)
-    floor, full, plain_inf = rows["floor"]["img_per_s"], rows["full"]["img_per_s"], rows["floor"]["eval_img_per_s"]
+    floor, full, plain_inf = rows["floor"]["img_per_s"], rows["full"]["img_per_s"], rows["floor"].get("eval_img_per_s")
     for r in rows.values():
         r["x_floor"], r["x_full"] = r["img_per_s"] / floor, r["img_per_s"] / full
         if "eval_img_per_s" in r:
@@ -285,9 +361,13 @@ def main(argv=None) -> int:
         report["projection"] = projection(rows, args)
         if report["projection"]:
             pr = report["projection"]
-            print(f"\nprojected householder_vtab.sh (19 tasks × 100 epochs): training {pr['train_s'] / 60:.1f} min; "
-                  f"total {pr['total_min_eval_every_epoch']:.1f} min evaluating test every epoch, "
-                  f"{pr['total_min_eval_snell_schedule']:.1f} min with the 19-evaluation schedule")
+            print(f"\nprojected householder_vtab.sh (configs/hta_vtab.yaml, row {pr['row']}): training "
+                  f"{pr['train_s'] / 60:.1f} min, {pr['eval_images']:,} test images evaluated ({pr['eval_throughput']}); "
+                  f"total {pr['total_min']:.1f} min; {pr['total_min_19_evals']:.1f} min with 19 evaluations per task")
+    if args.check:
+        report["checks"] = chk = device_checks(args, device)
+        print("\nfast paths vs references on this device: " + ", ".join(
+            f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in chk.items()))
     if args.select:
         report["select_ms_per_step"] = sel = bench_select(args, device)
         print(f"\nSNELL threshold selection, ms per training step ({args.arch}): "
@@ -295,7 +375,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    return 0
+    return 1 if args.check and not report["checks"]["ok"] else 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     out = tmp_path / "bench.json"
     code = bench.main(["--device", "cpu", "--arch", "vit_micro_patch8", "--img-size", "32", "--batch-size", "8",
                        "--eval-batch-size", "8", "--precision", "fp32", "--steps", "2", "--warmup", "1",
-                       "--methods", "hta,lora,snell_nodrop,adapter", "--project", "--select", "--json", str(out)])
+                       "--methods", "hta,lora,snell_nodrop,adapter", "--project", "--select", "--check", "--json", str(out)])
     assert code == 0
     rep = json.loads(out.read_text())
     rows = rep["rows"]
@@ -23,6 +23,12 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert all(r["ops_per_step"] > rows["floor"]["ops_per_step"] for n, r in rows.items() if n != "floor")
     assert all(r["saved_mib"] > 0 for r in rows.values())
     assert set(rep["select_ms_per_step"]) == {"kthvalue", "sort", "topk"}
+    assert rep["checks"]["ok"] and rep["checks"]["select_topk_exact"] and rep["checks"]["hta_prelude_rel_err"] < 1e-4
+    # the projection follows configs/hta_vtab.yaml: 19 tasks × 100 epochs, the test split evaluated every epoch
+    pr = rep["projection"]
+    assert pr["eval_images"] == 100 * sum(bench.VTAB_TEST_SIZES.values()) == 38_790_400
+    assert pr["eval_throughput"] == "merged_img_per_s" and pr["total_min_19_evals"] < pr["total_min"]
+    assert abs(pr["train_s"] - 19 * 100 * 1000 / rows["hta"]["img_per_s"]) < 1e-6 * pr["train_s"]
     assert all(v > 0 for v in rep["select_ms_per_step"].values())
 
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One GPU session's performance run (docs/PERFORMANCE.md), prepared to fit a short device lease:
+#
+#   1. eager: every target row side by side (floor, full, ARC, ARC_att, HTA as benchmarked and as configured, LoRA,
+#      LoRA on all linears, SNELL, SNELL without dropout), the projection of householder_vtab.sh, SNELL's threshold
+#      strategies (--select) and the fast-path checks on the GPU (--check; exit 1 if one fails);
+#   2. CUDA graphs (--compile reduce-overhead), training rows only, under a time limit so step 1 always survives.
+#
+# Usage:  OUT=/some/dir bash reproduce/bench_gpu.sh        (default OUT: ./bench_out)
+#         COMPILE_LIMIT=300 METHODS=... COMPILED_METHODS=...  to change what runs
+# Writes: $OUT/eager.{json,txt}, $OUT/compiled.{json,txt}, $OUT/env.txt
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench_out}
+METHODS=${METHODS:-arc,arc_att,hta,hta_cfg,lora,lora_all,snell,snell_nodrop}
+COMPILED_METHODS=${COMPILED_METHODS:-arc,hta_cfg,lora,snell}
+COMPILE_LIMIT=${COMPILE_LIMIT:-300}
+COMMON=(--device cuda --precision bf16 --batch-size 64 --steps 15 --warmup 5)
+mkdir -p "$OUT"
+{ date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+python bench.py "${COMMON[@]}" --methods "$METHODS" --project --select --check --json "$OUT/eager.json" \
+    2>&1 | tee "$OUT/eager.txt"
+eager=${PIPESTATUS[0]}
+
+timeout "$COMPILE_LIMIT" python bench.py "${COMMON[@]}" --methods "$COMPILED_METHODS" --train-only \
+    --compile reduce-overhead --json "$OUT/compiled.json" 2>&1 | tee "$OUT/compiled.txt"
+compiled=${PIPESTATUS[0]}
+echo "eager exit $eager, compiled exit $compiled (124 = stopped at COMPILE_LIMIT=${COMPILE_LIMIT}s)"
+exit "$eager"
