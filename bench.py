@@ -58,6 +58,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _seconds_per_call(fn, device: torch.device, warmup: int, steps: int) -> float:
+    """Mean wall time of ``fn()`` over ``steps`` calls after ``warmup`` untimed ones, the device synchronised."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -119,14 +131,7 @@ def bench_train(model, args, device) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    _sync(device)
-    dt = (time.perf_counter() - t0) / args.steps
+    dt = _seconds_per_call(step, device, args.warmup, args.steps)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     out = {"img_per_s": args.batch_size / dt, "ms_per_step": dt * 1e3, "peak_mem_gib": peak,
            "params": models.count_parameters(model), "params_no_head": models.count_parameters(model, head=False)}
@@ -163,14 +168,7 @@ def bench_select(args, device) -> dict:
         def run():
             for a in block:
                 _snell.quantile_threshold(a, 0.9, select=name)
-        for _ in range(max(args.warmup, 1)):
-            run()
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            run()
-        _sync(device)
-        out[name] = (time.perf_counter() - t0) / args.steps * cfg.depth * 1e3
+        out[name] = _seconds_per_call(run, device, max(args.warmup, 1), args.steps) * cfg.depth * 1e3
     return out
 
 
@@ -179,16 +177,12 @@ def bench_infer(model, args, device) -> float:
     model.eval()
     model = _compiled(model, args)
     x = torch.randn(args.eval_batch_size, 3, args.img_size, args.img_size, device=device)
-    for _ in range(args.warmup):
+
+    def forward():
         with _autocast(device, args.precision):
             model(x)
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        with _autocast(device, args.precision):
-            model(x)
-    _sync(device)
-    return args.eval_batch_size * args.steps / (time.perf_counter() - t0)
+
+    return args.eval_batch_size / _seconds_per_call(forward, device, args.warmup, args.steps)
 
 
 def _rel_err(a, b) -> float:

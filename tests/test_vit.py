@@ -79,6 +79,20 @@ def test_merge_of_plain_methods_returns_an_equal_independent_copy():
     assert models.count_parameters(m) > 0  # the original is untouched
 
 
+@pytest.mark.parametrize("name", sorted(n for n, cls in models.METHODS.items() if cls.mergeable))
+def test_merging_a_merged_model_again_changes_nothing(name):
+    # Method.merge is idempotent for every mergeable method: a second call finds plain layers and leaves them alone.
+    torch.manual_seed(0)
+    m = models.create_model("vit_micro_patch8", name, num_classes=3, img_size=32).eval()
+    merged = models.merge(m)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = merged(x)
+        m.method.merge(merged)
+        assert torch.equal(merged(x), before)
+    assert models.method_modules(merged) == []
+
+
 def test_every_registered_arch_builds():
     assert {"vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224",
             "vit_huge_patch14_224"} <= set(ARCHS)

@@ -24,7 +24,7 @@ import torch
 from timm.layers import QuickGELU
 from torch import nn
 
-from .base import Method, register
+from .base import Method, check_int, check_rate, dropout_layer, register
 
 __all__ = ["Adapter", "BottleneckAdapter", "ADAPTER_INITS", "ADAPTER_POSITIONS"]
 
@@ -43,7 +43,7 @@ class BottleneckAdapter(nn.Module):
         self.init = init
         self.down = nn.Linear(dim, bottleneck, device=device)  # (r, D)
         self.act = QuickGELU()
-        self.drop = nn.Dropout(dropout)
+        self.drop = dropout_layer(dropout)
         self.up = nn.Linear(bottleneck, dim, device=device)    # (D, r)
         self.reset_parameters()
 
@@ -82,10 +82,8 @@ class Adapter(Method):
     positions: tuple = ("ffn",)
 
     def __post_init__(self):
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"{self.name}: dim must be an integer >= 1, got {self.dim!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{self.name}: dropout must be in [0, 1), got {self.dropout!r}")
+        check_int(self.name, "dim", self.dim)
+        self.dropout = check_rate(self.name, "dropout", self.dropout)
         if self.init not in ADAPTER_INITS:
             raise ValueError(f"{self.name}: init must be one of {', '.join(ADAPTER_INITS)}, got {self.init!r}")
         positions = (self.positions,) if isinstance(self.positions, str) else tuple(self.positions)

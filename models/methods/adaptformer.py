@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .base import Method, register
+from .base import Method, check_int, check_rate, dropout_layer, register
 
 __all__ = ["AdaptFormer", "AdaptFormerBranch"]
 
@@ -34,7 +34,7 @@ class AdaptFormerBranch(nn.Module):
         self.scale = scale
         self.down = nn.Linear(dim, bottleneck, device=device)  # (r, D)
         self.act = nn.ReLU()
-        self.drop = nn.Dropout(dropout)
+        self.drop = dropout_layer(dropout)
         self.up = nn.Linear(bottleneck, dim, device=device)    # (D, r)
         self.reset_parameters()
 
@@ -72,12 +72,10 @@ class AdaptFormer(Method):
     dropout: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"{self.name}: dim must be an integer >= 1, got {self.dim!r}")
+        check_int(self.name, "dim", self.dim)
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
             raise ValueError(f"{self.name}: scale must be a finite number, got {self.scale!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{self.name}: dropout must be in [0, 1), got {self.dropout!r}")
+        self.dropout = check_rate(self.name, "dropout", self.dropout)
         self.scale = float(self.scale)
 
     def install(self, model: nn.Module) -> None:

@@ -19,7 +19,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .base import Method, merged_linear, register
+from .base import Method, check_int, check_rate, dropout_layer, merged_linear, register
 
 __all__ = ["ARC", "ARCAtt", "ARCShared", "ARCAdapter"]
 
@@ -54,7 +54,7 @@ class ARCAdapter(nn.Module):
         self.position = position
         self.scale = nn.Parameter(torch.zeros(bottleneck))  # λ, (d,)
         self.bias = nn.Parameter(torch.zeros(dim))  # b, (D,)
-        self.drop = nn.Dropout(dropout)  # on the d-dim bottleneck activations (arc.md §2, `--adapt_drop`)
+        self.drop = dropout_layer(dropout)  # on the d-dim bottleneck activations (arc.md §2, `--adapt_drop`)
         if scale_init == "xavier":
             # Official λ_mlp init: xavier_uniform_ on a (1, d) tensor -> bound sqrt(6 / (1 + d)) (arc.md §3, ARC-2).
             nn.init.xavier_uniform_(self.scale.data.view(1, -1))
@@ -97,10 +97,8 @@ class _ARCBase(Method):
         return "zeros"
 
     def __post_init__(self):
-        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"{self.name}: dim must be an integer >= 1 (the bottleneck width), got {self.dim!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_int(self.name, "dim", self.dim, note=" (the bottleneck width)")
+        self.dropout = check_rate(self.name, "dropout", self.dropout)
 
     def install(self, model: nn.Module) -> None:
         # Trainable set is explicit (ARC-1, arc.md §4): U's, λ's, b's (+ the head, made trainable by create_model).
@@ -113,15 +111,17 @@ class _ARCBase(Method):
                 blk.mlp_in.requires_grad_(True)
 
     def merge(self, model: nn.Module) -> None:
+        """Fold every adapter into the linears it feeds (arc.md §5); already-merged blocks are left alone."""
         for blk in model.blocks:
-            att = blk.attn_in
-            for name in ("q", "k", "v"):
-                setattr(blk.attn, name, att.fold_into(getattr(blk.attn, name)))
-            blk.attn_in = nn.Identity()
+            if isinstance(blk.attn_in, ARCAdapter):
+                for name in ("q", "k", "v"):
+                    setattr(blk.attn, name, blk.attn_in.fold_into(getattr(blk.attn, name)))
+                blk.attn_in = nn.Identity()
             if isinstance(blk.mlp_in, ARCAdapter):
                 blk.mlp.fc1 = blk.mlp_in.fold_into(blk.mlp.fc1)
                 blk.mlp_in = nn.Identity()
-        del model.arc
+        if hasattr(model, "arc"):
+            del model.arc
 
 
 @register

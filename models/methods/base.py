@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 __all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "WrappedLinear", "DeltaLinear",
-           "merged_linear", "check_targets"]
+           "merged_linear", "check_targets", "check_int", "check_rate", "dropout_layer"]
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -58,6 +58,25 @@ def check_targets(targets, allowed=LINEAR_NAMES) -> tuple[str, ...]:
     if len(set(targets)) != len(targets):
         raise ValueError(f"targets {targets!r} names a layer twice")
     return targets
+
+
+def check_int(method: str, name: str, value, minimum: int = 1, note: str = "") -> int:
+    """``value`` if it is an integer (not a bool) >= ``minimum``; else one ValueError naming the method and argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{method}: {name} must be an integer >= {minimum}{note}, got {value!r}")
+    return value
+
+
+def check_rate(method: str, name: str, value) -> float:
+    """``value`` as a float if it is a number in [0, 1) (a dropout or drop-path rate, a sparsity); else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{method}: {name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def dropout_layer(p: float) -> nn.Module:
+    """``nn.Dropout(p)``, or ``nn.Identity`` for p = 0 (no op and no random draw at all)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
 def iter_linears(model: nn.Module, targets) -> Iterator[tuple[int, nn.Module, str, nn.Module]]:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DeltaLinear, Method, iter_linears, register
+from .base import DeltaLinear, Method, check_int, check_rate, dropout_layer, iter_linears, register
 
 __all__ = ["FacTTK", "FacTShared", "FacTLinear"]
 
@@ -98,7 +98,7 @@ class FacTLinear(DeltaLinear):
         self.num = max(self.in_blocks, self.out_blocks)
         self.start, self.scale = start, float(scale)
         object.__setattr__(self, "shared", shared)  # plain reference, not a registered submodule
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop = dropout_layer(dropout)
 
     def core_matrix(self) -> torch.Tensor:
         """K, (in_blocks·r × out_blocks·r): the code map between U and V (G for fc1, Gᵀ for fc2, C_j otherwise)."""
@@ -144,10 +144,8 @@ class FacTTK(Method):
     dropout: float = 0.1
 
     def __post_init__(self):
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"fact_tk: rank must be an integer >= 1, got {self.rank!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"fact_tk: dropout must be in [0, 1), got {self.dropout!r}")
+        check_int("fact_tk", "rank", self.rank)
+        self.dropout = check_rate("fact_tk", "dropout", self.dropout)
         self.scale = float(self.scale)
 
     def install(self, model: nn.Module) -> None:

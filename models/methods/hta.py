@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DeltaLinear, Method, check_targets, iter_linears, merged_linear, register
+from .base import (DeltaLinear, Method, check_int, check_rate, check_targets, dropout_layer, iter_linears,
+                   merged_linear, register)
 
 __all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many",
            "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
@@ -177,7 +178,7 @@ class HTALinear(DeltaLinear):
         super().__init__(base)
         _add_hta_parameters(self, base.in_features, base.out_features, rank, base.weight.device)
         self.dropout = float(dropout)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop = dropout_layer(dropout)
         self._factors: tuple | None = None  # this forward's (L, R, d), handed over by HTAPrelude
 
     def reset_parameters(self) -> None:
@@ -211,7 +212,7 @@ class HTAAdapter(nn.Module):
         super().__init__()
         _add_hta_parameters(self, dim, dim, rank, device)
         self.dropout = float(dropout)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop = dropout_layer(dropout)
         self._factors: tuple | None = None  # this forward's (L, R, d), handed over by HTAPrelude
 
     def delta_weight(self) -> torch.Tensor:
@@ -285,10 +286,8 @@ class HTA(Method):
     placement: str = "linear"
 
     def __post_init__(self):
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
-            raise ValueError(f"hta: rank must be an integer >= 0 (0 disables the low-rank term), got {self.rank!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"hta: dropout must be in [0, 1), got {self.dropout!r}")
+        check_int("hta", "rank", self.rank, minimum=0, note=" (0 disables the low-rank term)")
+        self.dropout = check_rate("hta", "dropout", self.dropout)
         if self.placement not in _PLACEMENTS:
             raise ValueError(f"hta: unknown placement {self.placement!r}; use one of {', '.join(_PLACEMENTS)}")
         self.targets = check_targets(self.targets)

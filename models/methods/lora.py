@@ -23,15 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DeltaLinear, Method, check_targets, iter_linears, merged_linear, register
+from .base import (DeltaLinear, Method, check_int, check_rate, check_targets, dropout_layer, iter_linears,
+                   merged_linear, register)
 
 __all__ = ["LoRA", "LoRAQV", "LoRALinear", "LoRAQKV"]
 
 _QKV = ("q", "k", "v")
-
-
-def _dropout(p: float) -> nn.Module:
-    return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
 class LoRALinear(DeltaLinear):
@@ -43,7 +40,7 @@ class LoRALinear(DeltaLinear):
         self.rank = rank
         self.down = nn.Parameter(torch.empty(rank, base.in_features, device=dev, dtype=torch.float32))  # A
         self.up = nn.Parameter(torch.zeros(base.out_features, rank, device=dev, dtype=torch.float32))   # B
-        self.drop = _dropout(dropout)
+        self.drop = dropout_layer(dropout)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -73,7 +70,7 @@ class LoRAQKV(nn.Module):
         self.dim, self.rank, self.targets = dim, rank, tuple(targets)
         self.down = nn.Parameter(torch.empty(rank, dim, device=device, dtype=torch.float32))
         self.up = nn.Parameter(torch.zeros(len(self.targets) * dim, rank, device=device, dtype=torch.float32))
-        self.drop = _dropout(dropout)
+        self.drop = dropout_layer(dropout)
         # position of q, k, v in the stacked output (None = not adapted)
         self._slots = tuple(self.targets.index(t) if t in self.targets else None for t in _QKV)
         self.reset_parameters()
@@ -119,10 +116,8 @@ class LoRA(Method):
     dropout: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"{self.name}: rank must be an integer >= 1, got {self.rank!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{self.name}: dropout must be in [0, 1), got {self.dropout!r}")
+        check_int(self.name, "rank", self.rank)
+        self.dropout = check_rate(self.name, "dropout", self.dropout)
         self.targets = check_targets(self.targets)
         self.shared = bool(self.shared)
 

@@ -35,7 +35,8 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .base import LINEAR_NAMES, DeltaLinear, Method, check_targets, iter_linears, register
+from .base import (LINEAR_NAMES, DeltaLinear, Method, check_int, check_rate, check_targets, dropout_layer,
+                   iter_linears, register)
 
 __all__ = ["SNELL", "SNELLLinear", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify", "sparse_kernel",
            "quantile_threshold", "reference_kernel"]
@@ -205,7 +206,7 @@ class SNELLLinear(DeltaLinear):
         self.register_buffer("alpha", torch.tensor([0.1, -0.1], **kw).view(2, 1, 1), persistent=False)
         self.sparsity = float(sparsity)
         self.shared_input = shared_input
-        self.drop = nn.Dropout(dropout) if dropout > 0 and not shared_input else nn.Identity()
+        self.drop = dropout_layer(0.0 if shared_input else dropout)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.regularised = dropout > 0 or drop_path > 0
         self.checkpoint = checkpoint
@@ -257,7 +258,7 @@ class SNELLQKVBranch(nn.Module):
                  checkpoint: bool = True):
         super().__init__()
         self.__dict__["linears"] = (q, k, v)  # references, not submodules: the layers are registered at attn.q/k/v
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop = dropout_layer(dropout)
         self.checkpoint = checkpoint
 
     def forward(self, x: torch.Tensor):
@@ -299,13 +300,11 @@ class SNELL(Method):
 
     def __post_init__(self):
         self.targets = check_targets(self.targets)
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 2 or self.rank % 2:
-            raise ValueError(f"rank must be a positive even integer, got {self.rank!r}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity is the fraction of entries zeroed and must be in [0, 1), got {self.sparsity}")
-        for name in ("dropout", "drop_path"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        check_int("snell", "rank", self.rank, minimum=2, note=" and even (two halves of r/2)")
+        if self.rank % 2:
+            raise ValueError(f"snell: rank must be an integer >= 2 and even (two halves of r/2), got {self.rank!r}")
+        for name in ("sparsity", "dropout", "drop_path"):  # sparsity: the fraction of each |K| zeroed
+            setattr(self, name, check_rate("snell", name, getattr(self, name)))
 
     def install(self, model: nn.Module) -> None:
         model.cls_token.requires_grad_(True)  # ft_cls_token=True (snell.md §1)
@@ -319,8 +318,10 @@ class SNELL(Method):
                 blk.attn.qkv_branch = SNELLQKVBranch(*qkv, dropout=self.dropout, checkpoint=self.checkpoint)
 
     def merge(self, model: nn.Module) -> None:
-        """W_eff = W₀ + Kˢᵀ per adapted linear, Kˢ computed exactly as in the eval forward (snell.md §6)."""
+        """W_eff = W₀ + Kˢᵀ per adapted linear, Kˢ computed exactly as in the eval forward (snell.md §6).
+        Layers that are already plain are left alone (idempotent)."""
         for _, owner, name, lin in iter_linears(model, self.targets):
-            setattr(owner, name, lin.merged())
+            if isinstance(lin, SNELLLinear):
+                setattr(owner, name, lin.merged())
         for blk in model.blocks:
             blk.attn.qkv_branch = None

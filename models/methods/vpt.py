@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .base import Method, register
+from .base import Method, check_int, check_rate, dropout_layer, register
 
 __all__ = ["VPTShallow", "VPTDeep", "PromptInsert", "PromptReplace", "prompt_init_bound"]
 
@@ -41,7 +41,7 @@ class _Prompts(nn.Module):
         super().__init__()
         self.tokens = tokens
         self.prompt = nn.Parameter(torch.empty(1, tokens, dim, device=device))
-        self.drop = nn.Dropout(dropout)
+        self.drop = dropout_layer(dropout)
         self.bound = bound
         self.reset_parameters()
 
@@ -90,10 +90,8 @@ class VPTShallow(Method):
     dropout: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1:
-            raise ValueError(f"{self.name}: tokens must be an integer >= 1, got {self.tokens!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{self.name}: dropout must be in [0, 1), got {self.dropout!r}")
+        check_int(self.name, "tokens", self.tokens)
+        self.dropout = check_rate(self.name, "dropout", self.dropout)
 
     def install(self, model: nn.Module) -> None:
         bound = prompt_init_bound(model)
