@@ -202,6 +202,20 @@ def test_prelude_follows_deepcopy_and_leaves_with_merge():
         assert torch.allclose(twin(x), with_prelude, atol=1e-6)
 
 
+def test_dropout_path_keeps_its_activations_in_the_autocast_dtype():
+    # Under autocast the (fp32) layer input is cast once, before the dropout: what the two-GEMM path saves for
+    # backward at the input's shape is bf16, never fp32.
+    torch.manual_seed(0)
+    layer = HTALinear(torch.nn.Linear(64, 48).requires_grad_(False), rank=1, dropout=0.1).train()
+    x = torch.randn(2, 5, 64, requires_grad=True)  # inside a model gradients flow on through the input
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+    activations = [t for t in saved if t.numel() == x.numel()]  # (2, 5, 64), or (10, 64) inside F.linear
+    assert activations and all(t.dtype == torch.bfloat16 for t in activations), [t.dtype for t in activations]
+
+
 def test_delta_weight_equals_explicit_householder_product():
     # ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l) (hta.md §3.1), square and both rectangular shapes, float64
     torch.manual_seed(0)

@@ -303,7 +303,7 @@ def test_branch_input_is_saved_in_the_autocast_dtype():
     # frozen GEMM does, not in fp32 (SNELL's memory target: no more than LoRA on all linears).
     torch.manual_seed(0)
     layer = SNELLLinear(nn.Linear(64, 48).requires_grad_(False), rank=8, dropout=0.1, drop_path=0.1).train()
-    x = torch.randn(2, 5, 64)
+    x = torch.randn(2, 5, 64, requires_grad=True)  # inside a model gradients flow on through the input
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16):

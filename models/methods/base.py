@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 __all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "WrappedLinear", "DeltaLinear",
-           "merged_linear", "check_targets", "check_int", "check_rate", "dropout_layer"]
+           "merged_linear", "check_targets", "check_int", "check_rate", "dropout_layer", "autocast_input"]
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -77,6 +77,16 @@ def check_rate(method: str, name: str, value) -> float:
 def dropout_layer(p: float) -> nn.Module:
     """``nn.Dropout(p)``, or ``nn.Identity`` for p = 0 (no op and no random draw at all)."""
     return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on (any GEMM it feeds would cast it anyway). For a branch input that
+    goes through a dropout and is kept for backward: cast first, and the dropout, its saved input and (on the CPU)
+    its mask take 2 bytes an entry instead of 4 (LayerNorm outputs are fp32 under autocast)."""
+    dev = x.device.type
+    if dev != "meta" and torch.is_autocast_enabled(dev):
+        return x.to(torch.get_autocast_dtype(dev))
+    return x
 
 
 def iter_linears(model: nn.Module, targets) -> Iterator[tuple[int, nn.Module, str, nn.Module]]:

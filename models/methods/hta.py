@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (DeltaLinear, Method, check_int, check_rate, check_targets, dropout_layer, iter_linears,
-                   merged_linear, register)
+from .base import (DeltaLinear, Method, autocast_input, check_int, check_rate, check_targets, dropout_layer,
+                   iter_linears, merged_linear, register)
 
 __all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many",
            "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
@@ -192,7 +192,8 @@ class HTALinear(DeltaLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.base.weight
-        if self.training and self.dropout > 0:  # the mask applies to the branch only: two GEMMs
+        if self.training and self.dropout > 0:  # the mask applies to the branch only: two GEMMs, one input cast
+            x = autocast_input(x)
             return self.base(x) + self.branch(x)
         w_eff = hta_delta_weight(self, w, factors=_take_factors(self))  # W + ΔW: one GEMM
         return F.linear(x, w_eff.to(w.dtype), self.base.bias)

@@ -35,8 +35,8 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .base import (LINEAR_NAMES, DeltaLinear, Method, check_int, check_rate, check_targets, dropout_layer,
-                   iter_linears, register)
+from .base import (LINEAR_NAMES, DeltaLinear, Method, autocast_input, check_int, check_rate, check_targets,
+                   dropout_layer, iter_linears, register)
 
 __all__ = ["SNELL", "SNELLLinear", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify", "sparse_kernel",
            "quantile_threshold", "reference_kernel"]
@@ -155,16 +155,6 @@ def reference_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, spar
     return k * mag * (mag > t)
 
 
-def _autocast_input(x: torch.Tensor) -> torch.Tensor:
-    """x in the autocast dtype when autocast is on (the branch GEMM would cast it anyway). Cast before the dropout
-    and the checkpoint, the branch input is saved for backward at 2 bytes an entry instead of 4: LayerNorm outputs
-    are fp32 under autocast, and the checkpoint keeps its inputs as given."""
-    dev = x.device.type
-    if dev != "meta" and torch.is_autocast_enabled(dev):
-        return x.to(torch.get_autocast_dtype(dev))
-    return x
-
-
 def _checkpointed(enabled: bool, fn, x, A, B, alpha, sparsity):
     """``fn(x, A, B, threshold)`` under non-reentrant activation checkpointing (SNELL-1) when gradients are being
     recorded, with the threshold selected once, outside (:func:`kernel_threshold`); else ``fn(x, A, B, None)``."""
@@ -237,7 +227,7 @@ class SNELLLinear(DeltaLinear):
         y = self.base(x)
         if self.shared_input:  # the branch arrives through attn.qkv_branch (one dropout draw for q, k and v)
             return y
-        xd = self.drop(_autocast_input(x))
+        xd = self.drop(autocast_input(x))
         branch = _checkpointed(self.checkpoint, self._branch, xd, self.A, self.B, self.alpha, self.sparsity)
         return y + self.drop_path(branch)
 
@@ -266,7 +256,7 @@ class SNELLQKVBranch(nn.Module):
         if not live:
             return None, None, None
         first = live[0]
-        xd = self.drop(_autocast_input(x))  # (B, N, D), the one draw
+        xd = self.drop(autocast_input(x))  # (B, N, D), the one draw
         A = torch.stack([lin.A for lin in live])  # (m, 2, D, r/2)
         B = torch.stack([lin.B for lin in live])  # (m, 2, D, r/2)
         branches = lambda x_, A_, B_, t: _branches(x_, A_, B_, first.alpha, first.sparsity, t)  # noqa: E731
