@@ -312,6 +312,24 @@ def test_branch_input_is_saved_in_the_autocast_dtype():
     assert activations and all(t.dtype == torch.bfloat16 for t in activations), [t.dtype for t in activations]
 
 
+def test_forward_compiles_without_graph_breaks_under_autocast():
+    # --compile (CUDA graphs) can only remove the launch overhead of one whole graph: the quantile rank arithmetic
+    # once broke it 32 times (a tensor's .item() per selection). dynamo.explain traces without compiling.
+    import torch._dynamo as dynamo
+
+    torch.manual_seed(0)
+    m = models.create_model("vit_micro_patch8", "snell", num_classes=5, img_size=32).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = dynamo.explain(lambda x: m(x).sum())(torch.randn(2, 3, 32, 32))
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_float32_rounding_of_q_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    qs = torch.rand(20000, generator=g, dtype=torch.float64).tolist() + [0.9, 0.1, 0.5, 0.0, 1 - 2**-30, 1e-30]
+    assert [snell._round_to_float32(q) for q in qs] == torch.tensor(qs, dtype=torch.float32).tolist()
+
+
 # ------------------------------------------------------------------------------------------------------ merge / training
 
 

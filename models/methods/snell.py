@@ -26,7 +26,6 @@ Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version th
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import torch
@@ -56,12 +55,18 @@ def kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor) -> torch.Tenso
     return (alpha * torch.cdist(A, B)).sum(-3)
 
 
-@functools.lru_cache(maxsize=None)
+def _round_to_float32(x: float) -> float:
+    """The float32 nearest to ``x`` (ties to even), in plain Python arithmetic, so ``torch.compile`` traces it as a
+    constant instead of breaking the graph on a tensor's ``.item()``. Exact for normal float32 values."""
+    m, e = math.frexp(x)  # x = m·2^e, 0.5 <= |m| < 1: a float32 keeps 24 bits of m
+    return math.ldexp(round(m * 2**24) / 2**24, e)
+
+
 def _quantile_ranks(q: float, n: int, dtype: torch.dtype) -> tuple[int, int, float]:
     """(floor index, ceil index, weight) of quantile ``q`` among ``n`` sorted values, with ``torch.quantile``'s
     arithmetic (checked against it bit for bit): q is first rounded to the input dtype, then rank = q·(n − 1) and
     weight = rank − floor(rank) are formed in float64; the weight is rounded to the input dtype by the caller."""
-    q_in = float(torch.tensor(q, dtype=dtype if dtype == torch.float64 else torch.float32))
+    q_in = q if dtype == torch.float64 else _round_to_float32(q)
     rank = q_in * (n - 1)
     return math.floor(rank), math.ceil(rank), rank - math.floor(rank)
 
