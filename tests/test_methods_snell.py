@@ -298,18 +298,23 @@ def test_threshold_is_selected_once_per_step_even_with_checkpointing(regularised
     assert layer.A.grad is not None and layer.A.grad.abs().sum() > 0
 
 
-def test_branch_input_is_saved_in_the_autocast_dtype():
-    # LayerNorm outputs are fp32 under autocast; the branch must keep its (dropped) input for backward in bf16, as the
-    # frozen GEMM does, not in fp32 (SNELL's memory target: no more than LoRA on all linears).
+@pytest.mark.parametrize("shared_input", [False, True])
+def test_branch_keeps_only_its_input_in_the_autocast_dtype(shared_input):
+    # SNELL's memory target is LoRA-on-all-linears' peak: a branch may keep for backward only its input, in bf16
+    # under autocast (LayerNorm outputs are fp32), as the frozen GEMM does. Its dropout runs inside the checkpoint,
+    # so neither the dropped copy nor the dropout mask is stored (both are recomputed from the saved RNG state).
     torch.manual_seed(0)
-    layer = SNELLLinear(nn.Linear(64, 48).requires_grad_(False), rank=8, dropout=0.1, drop_path=0.1).train()
+    lin = SNELLLinear(nn.Linear(64, 64).requires_grad_(False), rank=8, dropout=0.1, drop_path=0.1,
+                      shared_input=shared_input).train()
+    branch = SNELLQKVBranch(lin, None, None, dropout=0.1).train()
     x = torch.randn(2, 5, 64, requires_grad=True)  # inside a model gradients flow on through the input
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            layer(x)
-    activations = [t for t in saved if t.shape == x.shape]
-    assert activations and all(t.dtype == torch.bfloat16 for t in activations), [t.dtype for t in activations]
+            out = branch(x)[0] if shared_input else lin(x)
+    assert out.requires_grad
+    activations = [t for t in saved if t.numel() == x.numel()]
+    assert len(activations) == 1 and activations[0].dtype == torch.bfloat16, [t.dtype for t in activations]
 
 
 def test_forward_compiles_without_graph_breaks_under_autocast():

@@ -20,8 +20,9 @@ Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version th
 * when a branch is deterministic (eval mode, or dropout = drop_path = 0) the layer runs ONE GEMM with W + Kˢᵀ instead
   of a second, full-size branch GEMM;
 * the q, k, v kernels (same shape) are built and thresholded as one batch;
-* non-reentrant activation checkpointing (SNELL-1) around kernel construction + its GEMM, so K, the distance
-  matrices and the mask are recomputed in backward instead of stored (snell.md §5).
+* non-reentrant activation checkpointing (SNELL-1) around the branch dropout, kernel construction and the branch
+  GEMM, so K, the distance matrices, the masks and the dropout mask are recomputed in backward (the dropout from the
+  saved RNG state) instead of stored (snell.md §5): a branch keeps only its input, as LoRA's does.
 """
 from __future__ import annotations
 
@@ -224,7 +225,7 @@ class SNELLLinear(DeltaLinear):
         return F.linear(x, self.base.weight + k.t(), self.base.bias)
 
     def _branch(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
-        return x @ sparse_kernel(A, B, self.alpha, self.sparsity, t)
+        return self.drop(x) @ sparse_kernel(A, B, self.alpha, self.sparsity, t)  # dropout inside the checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
@@ -232,8 +233,8 @@ class SNELLLinear(DeltaLinear):
         y = self.base(x)
         if self.shared_input:  # the branch arrives through attn.qkv_branch (one dropout draw for q, k and v)
             return y
-        xd = self.drop(autocast_input(x))
-        branch = _checkpointed(self.checkpoint, self._branch, xd, self.A, self.B, self.alpha, self.sparsity)
+        branch = _checkpointed(self.checkpoint, self._branch, autocast_input(x), self.A, self.B, self.alpha,
+                               self.sparsity)
         return y + self.drop_path(branch)
 
     def extra_repr(self) -> str:
@@ -261,11 +262,11 @@ class SNELLQKVBranch(nn.Module):
         if not live:
             return None, None, None
         first = live[0]
-        xd = self.drop(autocast_input(x))  # (B, N, D), the one draw
         A = torch.stack([lin.A for lin in live])  # (m, 2, D, r/2)
         B = torch.stack([lin.B for lin in live])  # (m, 2, D, r/2)
-        branches = lambda x_, A_, B_, t: _branches(x_, A_, B_, first.alpha, first.sparsity, t)  # noqa: E731
-        outs = iter(_checkpointed(self.checkpoint, branches, xd, A, B, first.alpha, first.sparsity))
+        # one dropout draw of x (B, N, D) for q, k and v, made inside the checkpoint like the kernels
+        branches = lambda x_, A_, B_, t: _branches(self.drop(x_), A_, B_, first.alpha, first.sparsity, t)  # noqa: E731
+        outs = iter(_checkpointed(self.checkpoint, branches, autocast_input(x), A, B, first.alpha, first.sparsity))
         return tuple(None if lin is None or lin.fused else lin.drop_path(next(outs)) for lin in self.linears)
 
 
