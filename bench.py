@@ -22,8 +22,9 @@ step per row, skipped with ``--compile``):
   fused AdamW used on CUDA is a few kernels whatever the parameter count, the CPU's foreach AdamW is not). An eager
   GPU step launches about one kernel per operation (views excepted), and at batch 64 the ViT-B step is bound by
   launching them;
-* ``saved MiB``: bytes autograd keeps for backward in one forward (distinct storages), the activation memory that
-  grows with the batch.
+* ``saved MiB``: bytes autograd keeps for backward in one forward (distinct storages); the JSON also has the part
+  that grows with the batch (``saved_mib_per_sample``, from a second forward at batch 1): the activation memory that
+  decides the peak at batch 64.
 
 ``--select`` times SNELL's threshold strategies (``models.methods.snell.SELECTORS``) on the arch's real |K| shapes,
 per training step (one selection per matrix), so the device default can be chosen by measurement.
@@ -145,11 +146,14 @@ def bench_train(model, args, device) -> dict:
             forward_backward()
         out["ops_per_step"] = counter.n
 
-        def forward():
+        def forward(inputs):
             with _autocast(device, args.precision):
-                net(x)
+                net(inputs)
 
-        out["saved_mib"] = _saved_bytes(forward) / 2**20
+        saved, saved_one = _saved_bytes(lambda: forward(x)), _saved_bytes(lambda: forward(x[:1]))
+        out["saved_mib"] = saved / 2**20
+        # what grows with the batch (activations), apart from what does not (e.g. bf16 copies of frozen weights)
+        out["saved_mib_per_sample"] = (saved - saved_one) / max(args.batch_size - 1, 1) / 2**20
         opt.zero_grad(set_to_none=True)
     return out
 
@@ -343,7 +347,7 @@ def main(argv=None) -> int:
     print(f"\n{args.arch} {args.img_size}px, batch {args.batch_size} (eval {args.eval_batch_size}), {args.precision}, "
           f"{dev_name}, {args.steps} timed steps after {args.warmup} warm-up")
     print(f"{'row':<13}{'params':>12}{'img/s':>10}{'ms/step':>9}{'peak GiB':>9}{'×floor':>8}{'×full':>7}"
-          f"{'eval img/s':>12}{'×plain':>8}{'merged':>9}{'×plain':>8}{'ops/step':>9}{'saved MiB':>10}")
+          f"{'eval img/s':>12}{'×plain':>8}{'merged':>9}{'×plain':>8}{'ops/step':>9}{'saved MiB':>10}{'/sample':>8}")
     for name, r in rows.items():
         mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
         ev = f"{r['eval_img_per_s']:.0f}" if "eval_img_per_s" in r else "-"
@@ -352,8 +356,9 @@ def main(argv=None) -> int:
         mgx = f"{r['merged_x_plain']:.2f}" if "merged_x_plain" in r else "-"
         ops = f"{r['ops_per_step']:,}" if "ops_per_step" in r else "-"
         sv = f"{r['saved_mib']:.1f}" if "saved_mib" in r else "-"
+        per = f"{r['saved_mib_per_sample']:.1f}" if "saved_mib_per_sample" in r else "-"
         print(f"{name:<13}{r['params']:>12,}{r['img_per_s']:>10.1f}{r['ms_per_step']:>9.1f}{mem:>9}"
-              f"{r['x_floor']:>8.2f}{r['x_full']:>7.2f}{ev:>12}{evx:>8}{mg:>9}{mgx:>8}{ops:>9}{sv:>10}")
+              f"{r['x_floor']:>8.2f}{r['x_full']:>7.2f}{ev:>12}{evx:>8}{mg:>9}{mgx:>8}{ops:>9}{sv:>10}{per:>8}")
     report = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": dev_name,
               "torch": torch.__version__, "cuda": torch.version.cuda, "args": vars(args), "rows": rows}
     if args.project:
