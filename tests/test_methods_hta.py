@@ -156,8 +156,8 @@ def test_batched_prelude_matches_per_layer_path(kw):
 
 def test_prelude_cuts_dispatched_ops_per_training_step():
     # The eager GPU step is launch-bound (docs/PERFORMANCE.md): the batched prelude must keep HTA's extra ops
-    # (beyond the frozen ViT's) to a fraction of the per-layer path's. Measured on ViT-B/16 (48 layers):
-    # 7,090 → 2,879 ops per step, floor 1,011. Here: 2 blocks × 4 layers, counted with a dispatch mode.
+    # (beyond the frozen ViT's) to a fraction of the per-layer path's. bench.py on ViT-B/16 (48 layers): 6,915 →
+    # 2,704 forward + backward ops, floor 1,269 (docs/PERFORMANCE.md). Here: 2 blocks × 4 layers, same count.
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
