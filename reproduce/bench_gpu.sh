@@ -6,18 +6,22 @@
 #      strategies (--select) and the fast-path checks on the GPU (--check; exit 1 if one fails);
 #   2. CUDA graphs (--compile reduce-overhead), training rows only, under a time limit so step 1 always survives.
 #
-# Usage:  OUT=/some/dir bash reproduce/bench_gpu.sh        (default OUT: ./bench_out)
+# Usage:  OUT=/some/dir bash reproduce/bench_gpu.sh        (default OUT: ./bench_out, from the calling directory)
 #         COMPILE_LIMIT=300 METHODS=... COMPILED_METHODS=...  to change what runs
+#         DEVICE=cpu ARCH=vit_micro_patch8 IMG_SIZE=32 BATCH=8 STEPS=2 WARMUP=1   a seconds-long smoke run (tests)
 # Writes: $OUT/eager.{json,txt}, $OUT/compiled.{json,txt}, $OUT/env.txt
 set -uo pipefail
+OUT=$(realpath -m "${OUT:-bench_out}")  # relative to where the script is called from
 cd "$(dirname "$0")/.."
-OUT=${OUT:-bench_out}
 METHODS=${METHODS:-arc,arc_att,hta,hta_cfg,lora,lora_all,snell,snell_nodrop}
 COMPILED_METHODS=${COMPILED_METHODS:-arc,hta_cfg,lora,snell}
 COMPILE_LIMIT=${COMPILE_LIMIT:-300}
-COMMON=(--device cuda --precision bf16 --batch-size 64 --steps 15 --warmup 5)
+COMMON=(--device "${DEVICE:-cuda}" --arch "${ARCH:-vit_base_patch16_224}" --img-size "${IMG_SIZE:-224}"
+        --batch-size "${BATCH:-64}" --eval-batch-size "${EVAL_BATCH:-256}" --precision bf16
+        --steps "${STEPS:-15}" --warmup "${WARMUP:-5}")
 mkdir -p "$OUT"
-{ date -u; git rev-parse HEAD 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+{ date -u; git rev-parse HEAD 2>/dev/null
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   python -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
