@@ -26,9 +26,11 @@ up = 0 the adapted model is exactly the frozen one at step 0 (hta.md §3.2).
 **Fast path** (performance issue): ``delta_weight()`` builds ΔW_pt in fp32 in O(n_in·n_out) without any D×D
 Householder matrix, and the forward runs ONE GEMM ``F.linear(x, W + ΔW_pt, b)`` (eval, or dropout 0);
 with dropout in training it runs ``base(x) + F.linear(dropout(x), ΔW_pt)``. ``hta_branch_reference`` is the spec's
-per-token vector form (§3.1 steps 1–4) that the tests hold the fast path to. Building ΔW_pt takes a few dozen tiny
-ops per layer, so an eager GPU training step is bound by kernel launches, not FLOPs; the forward has no graph
-breaks, and ``torch.compile`` removes most of that overhead.
+per-token vector form (§3.1 steps 1–4) that the tests hold the fast path to. The factors of ΔW_pt take a few dozen
+tiny ops per layer, and an eager GPU step is bound by launching them, not by FLOPs: :class:`HTAPrelude` (installed
+at ``model.prelude``) builds the factors of all layers of one shape in one batch at the start of each forward
+(6,915 → 2,704 forward + backward ops per step on ViT-B/16, docs/PERFORMANCE.md). The forward has no graph breaks,
+so ``torch.compile`` (CUDA graphs) can take the rest of the launch overhead.
 
 Placements (HTA-D3): ``placement="linear"`` adapts ``targets`` (default q, k, v, proj in every block: 184,320
 parameters on ViT-B/16 → 0.22 / 0.36 / 0.54 M with the mean heads); ``placement="ffn_adapter"`` is the adapter-style
