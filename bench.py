@@ -272,6 +272,7 @@ def projection(rows: dict, args) -> dict:
         eval_imgs_19 += len(eval_epochs({**cfg, "eval_every": 10, "eval_last": 10})) * VTAB_TEST_SIZES[task]
     train_s = train_imgs / hta["img_per_s"]
     return {"row": "hta_cfg" if "hta_cfg" in rows else "hta", "eval_throughput": eval_key, "train_s": train_s,
+            "precision": args.precision,  # the sweep's own default is fp32 (PRECISION=bf16 to match this)
             "eval_images": eval_imgs, "total_min": (train_s + eval_imgs / hta[eval_key]) / 60,
             "total_min_19_evals": (train_s + eval_imgs_19 / hta[eval_key]) / 60}
 
@@ -365,7 +366,7 @@ def main(argv=None) -> int:
         report["projection"] = projection(rows, args)
         if report["projection"]:
             pr = report["projection"]
-            print(f"\nprojected householder_vtab.sh (configs/hta_vtab.yaml, row {pr['row']}): training "
+            print(f"\nprojected householder_vtab.sh (configs/hta_vtab.yaml, row {pr['row']}, {pr['precision']}): training "
                   f"{pr['train_s'] / 60:.1f} min, {pr['eval_images']:,} test images evaluated ({pr['eval_throughput']}); "
                   f"total {pr['total_min']:.1f} min; {pr['total_min_19_evals']:.1f} min with 19 evaluations per task")
     if args.check:
