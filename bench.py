@@ -366,9 +366,10 @@ def main(argv=None) -> int:
         report["projection"] = projection(rows, args)
         if report["projection"]:
             pr = report["projection"]
-            print(f"\nprojected householder_vtab.sh (configs/hta_vtab.yaml, row {pr['row']}, {pr['precision']}): training "
-                  f"{pr['train_s'] / 60:.1f} min, {pr['eval_images']:,} test images evaluated ({pr['eval_throughput']}); "
-                  f"total {pr['total_min']:.1f} min; {pr['total_min_19_evals']:.1f} min with 19 evaluations per task")
+            print(f"\nprojected householder_vtab.sh (configs/hta_vtab.yaml, row {pr['row']}, {pr['precision']}): "
+                  f"training {pr['train_s'] / 60:.1f} min, {pr['eval_images']:,} test images evaluated "
+                  f"({pr['eval_throughput']}); total {pr['total_min']:.1f} min; {pr['total_min_19_evals']:.1f} min "
+                  "with 19 evaluations per task")
     if args.check:
         report["checks"] = chk = device_checks(args, device)
         print("\nfast paths vs references on this device: " + ", ".join(
