@@ -335,6 +335,25 @@ def test_float32_rounding_of_q_matches_torch():
     assert [snell._round_to_float32(q) for q in qs] == torch.tensor(qs, dtype=torch.float32).tolist()
 
 
+def test_meta_built_layer_is_restored_by_reset_parameters_and_state_dict():
+    # alpha is a constant, not saved: a model built on the meta device and materialised with to_empty gets it back
+    # from reset_parameters (the PyTorch convention), and then loads A, B like any other.
+    torch.manual_seed(0)
+    ref = models.create_model("vit_micro_patch8", "snell", num_classes=5, img_size=32).eval()
+    with torch.device("meta"):
+        m = models.create_model("vit_micro_patch8", "snell", num_classes=5, img_size=32)
+    m.to_empty(device="cpu")
+    for mod in m.modules():
+        if isinstance(mod, SNELLLinear):
+            mod.reset_parameters()
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), ref(x))
+    assert all(torch.equal(mod.alpha.flatten(), torch.tensor([0.1, -0.1])) for mod in m.modules()
+               if isinstance(mod, SNELLLinear))
+
+
 # ------------------------------------------------------------------------------------------------------ merge / training
 
 

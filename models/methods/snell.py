@@ -195,17 +195,23 @@ class SNELLLinear(DeltaLinear):
         kw = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.A = nn.Parameter(torch.empty(2, self.in_features, rank // 2, **kw))  # `In_Qs`
         self.B = nn.Parameter(torch.empty(2, self.out_features, rank // 2, **kw))  # `Out_Qs`
-        # PyTorch fan_in of a 3-D tensor = n·r/2, so entries ~ U(±1/sqrt(n·r/2)) (snell.md §2 init table).
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))
         # Fixed ±0.1 segment coefficients (`shared_coeff_fc`, SNELL-D0): a constant, so not trained and not saved.
-        self.register_buffer("alpha", torch.tensor([0.1, -0.1], **kw).view(2, 1, 1), persistent=False)
+        self.register_buffer("alpha", torch.empty(2, 1, 1, **kw), persistent=False)
+        self.reset_parameters()
         self.sparsity = float(sparsity)
         self.shared_input = shared_input
         self.drop = dropout_layer(0.0 if shared_input else dropout)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.regularised = dropout > 0 or drop_path > 0
         self.checkpoint = checkpoint
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """A, B ~ U(±1/sqrt(n·r/2)) (PyTorch's fan-in of a 3-D tensor, snell.md §2 init table) and α = (0.1, −0.1).
+        Also what fills a layer materialised from the meta device with ``to_empty`` (α is not in the state dict)."""
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))
+        self.alpha.copy_(torch.tensor([0.1, -0.1]).view(2, 1, 1))
 
     @property
     def fused(self) -> bool:
