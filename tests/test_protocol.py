@@ -4,10 +4,7 @@ Clean protocol (§6.2): select on val200 by val top-1 at the LAST epoch (train80
 test top-1 at the LAST epoch, never the best epoch's. Tiny demo runs on the CPU, a few seconds each."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from PIL import Image
 
 import train as T
 from reproduce import search, taskcfg
+from test_train import run  # train.main in-process, output captured, exit code checked
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--arch", "vit_micro_patch8", "--img-size", "32", "--pretrained", "none", "--batch-size", "50",
@@ -26,23 +24,6 @@ FAST = ["--arch", "vit_micro_patch8", "--img-size", "32", "--pretrained", "none"
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
-
-
-def run(args, cache, expect=0) -> tuple[str, str]:
-    """train.main in this process; returns (stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    old = os.environ.get("VIT_PEFT_CACHE")
-    os.environ["VIT_PEFT_CACHE"] = str(cache)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = T.main([str(a) for a in args])
-    finally:
-        if old is None:
-            os.environ.pop("VIT_PEFT_CACHE", None)
-        else:
-            os.environ["VIT_PEFT_CACHE"] = old
-    assert code == expect, f"exit {code}\nstdout:\n{out.getvalue()[-2000:]}\nstderr:\n{err.getvalue()[-3000:]}"
-    return out.getvalue(), err.getvalue()
 
 
 def scripted_evaluate(monkeypatch, curves: dict[str, list[float]]) -> list[str]:
@@ -63,8 +44,8 @@ def test_clean_protocol_reports_the_last_epoch_when_val_peaks_earlier(cache, tmp
     # val200 peaks at epoch 2 of 3; a second test evaluation (of best-val weights) would return 99
     calls = scripted_evaluate(monkeypatch, {"val200": [80.0, 95.0, 70.0], "test": [40.0, 99.0]})
     out = tmp_path / "clean"
-    stdout, _ = run(["--method", "hta", "--dataset", "demo", *FAST, "--epochs", "3", "--protocol", "clean",
-                     "--out", out], cache)
+    stdout = run(["--method", "hta", "--dataset", "demo", *FAST, "--epochs", "3", "--protocol", "clean",
+                  "--out", out], cache).stdout
     res = json.loads((out / "results.json").read_text())
     assert res["splits"]["train"]["name"] == "train800" and res["splits"]["val"]["name"] == "val200"
     assert [r.get("val_acc") for r in res["history"]] == [80.0, 95.0, 70.0]
@@ -107,7 +88,7 @@ def fake_flowers(root: Path, n_classes: int = 102) -> Path:
     return root
 
 
-def test_color_jitter_reaches_the_fgvc_train_loader_and_results(cache, tmp_path):
+def test_color_jitter_reaches_the_fgvc_train_loader_and_results(cache, tmp_path, monkeypatch):
     root = fake_flowers(tmp_path / "fgvc")
     out = tmp_path / "jitter"
     run(["--method", "linear", "--dataset", "oxford_flowers", "--data-root", root, *FAST, "--epochs", "1",
@@ -116,7 +97,7 @@ def test_color_jitter_reaches_the_fgvc_train_loader_and_results(cache, tmp_path)
     assert res["color_jitter"] == 0.4 and res["train_aug"]["color_jitter"] == 0.4 and res["train_aug"]["kind"] == "rrc"
     assert json.loads((out / "config.json").read_text())["color_jitter"] == 0.4
 
-    os.environ["VIT_PEFT_CACHE"] = str(cache)
+    monkeypatch.setenv("VIT_PEFT_CACHE", str(cache))
     base = T.resolve_config(T.build_parser().parse_args(["--dataset", "oxford_flowers", "--data-root", str(root),
                                                          *FAST, "--device", "cpu", "--out", str(tmp_path / "x")]))
     assert base["color_jitter"] == 0.0
@@ -145,7 +126,7 @@ def test_bad_color_jitter_exits_2_with_one_error_line(args, config, cache, tmp_p
     if config is not None:
         (tmp_path / "c.yaml").write_text(config)
         extra = ["--config", tmp_path / "c.yaml"]
-    _, stderr = run(["--dataset", "demo", *FAST, "--epochs", "1", *extra, *args, "--out", out], cache, expect=2)
+    stderr = run(["--dataset", "demo", *FAST, "--epochs", "1", *extra, *args, "--out", out], cache, expect=2).stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: color_jitter") and "Traceback" not in stderr, stderr
     assert not out.exists()
