@@ -14,16 +14,8 @@ from PIL import Image
 
 import train as T
 from reproduce import search, taskcfg
-from test_train import run  # train.main in-process, output captured, exit code checked
-
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--arch", "vit_micro_patch8", "--img-size", "32", "--pretrained", "none", "--batch-size", "50",
-        "--eval-every", "1"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+# train.main in-process (output captured, exit code checked), the tiny-run flags and the module-wide cache fixture
+from test_train import FAST, ROOT, cache, run  # noqa: F401  (cache is a pytest fixture)
 
 
 def scripted_evaluate(monkeypatch, curves: dict[str, list[float]]) -> list[str]:
