@@ -294,7 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="arc,arc_att,hta,lora,lora_all,snell",
                    help="comma-separated; 'lora_all' = LoRA r8 on all six linears (the SNELL memory reference), "
                         "'snell_nodrop' = SNELL with dropout and drop-path 0, 'hta_cfg' = HTA with the method "
-                        "arguments of reproduce/configs/hta_vtab.yaml (used by --project)")
+                        "arguments of reproduce/configs/hta_vtab.yaml (used by --project), 'hta_lowrank' / "
+                        "'hta_cfg_lowrank' = the same trained with impl='lowrank'")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per row")
@@ -316,7 +317,10 @@ def main(argv=None) -> int:
                # SNELL without its branch dropout / drop-path: the one-GEMM (W + Kˢ) path in training too
                "snell_nodrop": ("snell", {"dropout": 0.0, "drop_path": 0.0}),
                # HTA as reproduce/configs/hta_vtab.yaml trains it (its dropout takes the two-GEMM path)
-               "hta_cfg": ("hta", _hta_config_args())}
+               "hta_cfg": ("hta", _hta_config_args()),
+               # the same two, trained through the low-rank branch instead of W + ΔW (models.methods.hta, impl)
+               "hta_lowrank": ("hta", {"impl": "lowrank"}),
+               "hta_cfg_lowrank": ("hta", {**_hta_config_args(), "impl": "lowrank"})}
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
         if m not in models.METHODS and m not in special:
@@ -347,7 +351,7 @@ def main(argv=None) -> int:
                                                                                  platform.machine())
     print(f"\n{args.arch} {args.img_size}px, batch {args.batch_size} (eval {args.eval_batch_size}), {args.precision}, "
           f"{dev_name}, {args.steps} timed steps after {args.warmup} warm-up")
-    print(f"{'row':<13}{'params':>12}{'img/s':>10}{'ms/step':>9}{'peak GiB':>9}{'×floor':>8}{'×full':>7}"
+    print(f"{'row':<16}{'params':>12}{'img/s':>10}{'ms/step':>9}{'peak GiB':>9}{'×floor':>8}{'×full':>7}"
           f"{'eval img/s':>12}{'×plain':>8}{'merged':>9}{'×plain':>8}{'ops/step':>9}{'saved MiB':>10}{'/sample':>8}")
     for name, r in rows.items():
         mem = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
@@ -358,7 +362,7 @@ def main(argv=None) -> int:
         ops = f"{r['ops_per_step']:,}" if "ops_per_step" in r else "-"
         sv = f"{r['saved_mib']:.1f}" if "saved_mib" in r else "-"
         per = f"{r['saved_mib_per_sample']:.1f}" if "saved_mib_per_sample" in r else "-"
-        print(f"{name:<13}{r['params']:>12,}{r['img_per_s']:>10.1f}{r['ms_per_step']:>9.1f}{mem:>9}"
+        print(f"{name:<16}{r['params']:>12,}{r['img_per_s']:>10.1f}{r['ms_per_step']:>9.1f}{mem:>9}"
               f"{r['x_floor']:>8.2f}{r['x_full']:>7.2f}{ev:>12}{evx:>8}{mg:>9}{mgx:>8}{ops:>9}{sv:>10}{per:>8}")
     report = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": dev_name,
               "torch": torch.__version__, "cuda": torch.version.cuda, "args": vars(args), "rows": rows}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session's performance run (docs/PERFORMANCE.md), prepared to fit a short device lease:
 #
-#   1. eager: every target row side by side (floor, full, ARC, ARC_att, HTA as benchmarked and as configured, LoRA,
-#      LoRA on all linears, SNELL, SNELL without dropout), the projection of householder_vtab.sh, SNELL's threshold
+#   1. eager: every target row side by side (floor, full, ARC, ARC_att, HTA as benchmarked and as configured, each
+#      with impl merged and lowrank, LoRA, LoRA on all linears, SNELL, SNELL without dropout), the projection of
+#      householder_vtab.sh, SNELL's threshold
 #      strategies (--select) and the fast-path checks on the GPU (--check; exit 1 if one fails);
 #   2. CUDA graphs (--compile reduce-overhead), training rows only, under a time limit so step 1 always survives.
 #
@@ -13,8 +14,8 @@
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-bench_out}")  # relative to where the script is called from
 cd "$(dirname "$0")/.."
-METHODS=${METHODS:-arc,arc_att,hta,hta_cfg,lora,lora_all,snell,snell_nodrop}
-COMPILED_METHODS=${COMPILED_METHODS:-arc,hta_cfg,lora,snell}
+METHODS=${METHODS:-arc,arc_att,hta,hta_lowrank,hta_cfg,hta_cfg_lowrank,lora,lora_all,snell,snell_nodrop}
+COMPILED_METHODS=${COMPILED_METHODS:-arc,hta_cfg,hta_cfg_lowrank,lora,snell}
 COMPILE_LIMIT=${COMPILE_LIMIT:-300}
 COMMON=(--device "${DEVICE:-cuda}" --arch "${ARCH:-vit_base_patch16_224}" --img-size "${IMG_SIZE:-224}"
         --batch-size "${BATCH:-64}" --eval-batch-size "${EVAL_BATCH:-256}" --precision bf16

@@ -92,13 +92,14 @@ def test_init_follows_decisions():
 
 # ---------------------------------------------------------------- fast path == spec reference (§3.1)
 
+@pytest.mark.parametrize("impl", ["merged", "lowrank"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("n_in,n_out,rank,dropout", [
     (64, 64, 1, 0.0), (64, 256, 2, 0.0), (256, 64, 1, 0.0), (64, 64, 0, 0.0), (64, 64, 1, 0.3), (256, 64, 3, 0.5)])
-def test_fast_path_matches_reference_outputs_and_grads(dtype, tol, n_in, n_out, rank, dropout):
+def test_fast_path_matches_reference_outputs_and_grads(dtype, tol, n_in, n_out, rank, dropout, impl):
     torch.manual_seed(0)
     base = torch.nn.Linear(n_in, n_out).to(dtype).requires_grad_(False)
-    layer = HTALinear(base, rank=rank, dropout=dropout).to(dtype).train()
+    layer = HTALinear(base, rank=rank, dropout=dropout, impl=impl).to(dtype).train()
     with torch.no_grad():
         layer.d.normal_()
         if rank:
@@ -128,7 +129,9 @@ def test_fast_path_matches_reference_outputs_and_grads(dtype, tol, n_in, n_out, 
 
 
 @pytest.mark.parametrize("kw", [
-    {"targets": ("q", "proj", "fc1", "fc2"), "rank": 2}, {"rank": 0, "dropout": 0.3}, {"placement": "ffn_adapter"}])
+    {"targets": ("q", "proj", "fc1", "fc2"), "rank": 2}, {"rank": 0, "dropout": 0.3}, {"placement": "ffn_adapter"},
+    {"targets": ("q", "proj", "fc1", "fc2"), "rank": 2, "dropout": 0.1, "impl": "lowrank"},
+    {"placement": "ffn_adapter", "impl": "lowrank"}])
 def test_batched_prelude_matches_per_layer_path(kw):
     # The prelude builds every layer's factors in one batch per shape group; with it switched off each layer builds
     # its own. Same outputs and same gradients for every trainable tensor, train mode (dropout on where set).
@@ -280,7 +283,9 @@ def test_svd_of_householder_diag_householder_is_abs_d_scipy(n_in, n_out):
 
 # ---------------------------------------------------------------- identity at init (§3.2)
 
-@pytest.mark.parametrize("kw", [{}, {"targets": ("q", "v", "fc1", "fc2"), "rank": 2}, {"placement": "ffn_adapter"}])
+@pytest.mark.parametrize("kw", [{}, {"targets": ("q", "v", "fc1", "fc2"), "rank": 2}, {"placement": "ffn_adapter"},
+                                {"targets": ("q", "v", "fc1", "fc2"), "rank": 2, "impl": "lowrank"},
+                                {"placement": "ffn_adapter", "impl": "lowrank"}])
 def test_identity_at_init_bit_for_bit(kw):
     frozen, hta = _micro("linear"), _micro(**kw)
     plain = {n.replace(".base.", "."): p for n, p in hta.state_dict().items()}
@@ -292,6 +297,7 @@ def test_identity_at_init_bit_for_bit(kw):
         hta.head.load_state_dict(frozen.head.state_dict())
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(hta.eval()(x), frozen.eval()(x))
+    assert torch.equal(hta.train()(x), frozen.train()(x))  # the training paths too (no dropout here)
 
 
 # ---------------------------------------------------------------- gradient flow with the zero head (§3.2)
@@ -371,7 +377,7 @@ def test_merge_in_place_and_unchanged_bias():
 @pytest.mark.parametrize("kw,match", [
     ({"targets": ("q", "qkv")}, "targets"), ({"targets": ()}, "targets"), ({"rank": -1}, "rank"),
     ({"rank": 1.5}, "rank"), ({"dropout": 1.0}, "dropout"), ({"placement": "adapter"}, "placement"),
-    ({"placement": "ffn_adapter", "targets": ("q",)}, "ffn_adapter")])
+    ({"placement": "ffn_adapter", "targets": ("q",)}, "ffn_adapter"), ({"impl": "vector"}, "impl")])
 def test_bad_kwargs_raise_value_error(kw, match):
     with pytest.raises(ValueError, match=match):
         models.create_model("vit_micro_patch8", "hta", num_classes=2, img_size=32, **kw)
@@ -380,7 +386,7 @@ def test_bad_kwargs_raise_value_error(kw, match):
 def test_registered_with_defaults():
     m = models.METHODS["hta"]()
     assert isinstance(m, HTA) and m.config() == {"rank": 1, "targets": ("q", "k", "v", "proj"), "dropout": 0.0,
-                                                 "placement": "linear"}
+                                                 "placement": "linear", "impl": "merged"}
     assert HTA.head_init == "zeros" and models.METHODS["hta"](targets=["q", "v"]).targets == ("q", "v")
 
 

@@ -51,7 +51,7 @@ from .base import (DeltaLinear, Method, autocast_input, check_int, check_rate, c
                    iter_linears, merged_linear, register)
 
 __all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many",
-           "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
+           "hta_lowrank_branch", "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
 
 _EPS = 1e-12  # guard for vᵀv (hta.md §3.1); with v ~ N(0, 1), vᵀv ≈ n
 
@@ -151,6 +151,31 @@ def _full_precision(t: torch.Tensor):
     return contextlib.nullcontext() if t.device.type == "meta" else torch.autocast(t.device.type, enabled=False)
 
 
+def hta_lowrank_branch(z: torch.Tensor, factors) -> torch.Tensor:
+    """z·ΔWᵀ from the factors without forming ΔW: (z·Rᵀ)·Lᵀ + z[..., :k]·d (zero-padded to n_out), z (..., n_in).
+
+    Two skinny GEMMs (rank 2 + r) and one element-wise product, like a LoRA branch: no n_out × n_in tensor, and no
+    weight-gradient GEMM in backward (which the merged path pays, see docs/PERFORMANCE.md). The factors are cast to
+    z's dtype (bf16 under autocast), so ΔW's contribution is added next to x·Wᵀ instead of being rounded into W.
+    """
+    left, right, d = factors
+    dt = z.dtype
+    u = (z @ right.t().to(dt)) @ left.t().to(dt)  # (..., n_out)
+    k, n_out = d.shape[0], left.shape[0]
+    if k == n_out:
+        return torch.addcmul(u, z[..., :k], d.to(dt))
+    return u + F.pad(z[..., :k] * d.to(dt), (0, n_out - k))
+
+
+def _own_factors(layer: nn.Module):
+    """The factors the prelude handed over for this forward, else built here (autocast off)."""
+    factors = _take_factors(layer)
+    if factors is None:
+        with _full_precision(layer.v_left):
+            factors = hta_factors(layer)
+    return factors
+
+
 def householder(v: torch.Tensor) -> torch.Tensor:
     """The explicit reflection H(v) = I − 2·v·vᵀ/vᵀv (HTA-D1). For tests and analysis only; the layers never form it."""
     return torch.eye(v.shape[0], dtype=v.dtype, device=v.device) - 2.0 * torch.outer(v, v) / (v @ v).clamp_min(_EPS)
@@ -174,11 +199,17 @@ def hta_branch_reference(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 
 
 class HTALinear(DeltaLinear):
-    """A frozen ``nn.Linear`` plus the HTA update (hta.md §3.1); parameters as in the module docstring."""
+    """A frozen ``nn.Linear`` plus the HTA update (hta.md §3.1); parameters as in the module docstring.
 
-    def __init__(self, base: nn.Linear, rank: int = 1, dropout: float = 0.0):
+    ``impl`` picks how training computes it (evaluation always runs the one-GEMM merged form): "merged" builds
+    W + ΔW each step (one GEMM, dropout 0) or x·Wᵀ + Drop(x)·ΔWᵀ (dropout > 0); "lowrank" runs
+    x·Wᵀ + :func:`hta_lowrank_branch` (Drop(x)). Same function (tested); which is faster is measured by bench.py.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 1, dropout: float = 0.0, impl: str = "merged"):
         super().__init__(base)
         _add_hta_parameters(self, base.in_features, base.out_features, rank, base.weight.device)
+        self.impl = impl
         self.dropout = float(dropout)
         self.drop = dropout_layer(dropout)
         self._factors: tuple | None = None  # this forward's (L, R, d), handed over by HTAPrelude
@@ -194,6 +225,9 @@ class HTALinear(DeltaLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.base.weight
+        if self.training and self.impl == "lowrank":
+            x = autocast_input(x)
+            return self.base(x) + hta_lowrank_branch(self.drop(x), _own_factors(self))
         if self.training and self.dropout > 0:  # the mask applies to the branch only: two GEMMs, one input cast
             x = autocast_input(x)
             return self.base(x) + self.branch(x)
@@ -201,7 +235,8 @@ class HTALinear(DeltaLinear):
         return F.linear(x, w_eff.to(w.dtype), self.base.bias)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, dropout={self.dropout}"
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, dropout={self.dropout}, "
+                f"impl={self.impl}")
 
 
 class HTAAdapter(nn.Module):
@@ -211,9 +246,10 @@ class HTAAdapter(nn.Module):
     [default] of §3.4). Same parameter names and init as ``HTALinear``.
     """
 
-    def __init__(self, dim: int, rank: int = 1, dropout: float = 0.0, device=None):
+    def __init__(self, dim: int, rank: int = 1, dropout: float = 0.0, device=None, impl: str = "merged"):
         super().__init__()
         _add_hta_parameters(self, dim, dim, rank, device)
+        self.impl = impl
         self.dropout = float(dropout)
         self.drop = dropout_layer(dropout)
         self._factors: tuple | None = None  # this forward's (L, R, d), handed over by HTAPrelude
@@ -222,6 +258,8 @@ class HTAAdapter(nn.Module):
         return hta_delta_weight(self)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training and self.impl == "lowrank":
+            return h + hta_lowrank_branch(self.drop(autocast_input(h)), _own_factors(self))
         return h + F.linear(self.drop(h), hta_delta_weight(self, factors=_take_factors(self)).to(h.dtype))
 
     def extra_repr(self) -> str:
@@ -261,6 +299,7 @@ class HTAPrelude(nn.Module):
 
 
 _PLACEMENTS = ("linear", "ffn_adapter")
+_IMPLS = ("merged", "lowrank")
 _DEFAULT_TARGETS = ("q", "k", "v", "proj")
 
 
@@ -275,6 +314,8 @@ class HTA(Method):
     * ``dropout`` — rate on the branch input, one mask for both terms (HTA-D4; paper grid {0.5, 0.3, 0.2, 0.1, 0}).
     * ``placement`` — "linear" (default) or "ffn_adapter" (§3.4; ``targets`` must then stay at its default, it is
       not used).
+    * ``impl`` — how training computes the update: "merged" (W + ΔW per step) or "lowrank" (a LoRA-like branch
+      from the factors, no ΔW and no weight-gradient GEMM); same function, a speed choice (``HTALinear``).
 
     Head: zeros (hta.md §5.2). Weight-decay grouping is the training loop's job: match the parameter names
     ``v_left``, ``v_right``, ``d``, ``down``, ``up`` (module docstring).
@@ -287,10 +328,13 @@ class HTA(Method):
     targets: tuple = _DEFAULT_TARGETS
     dropout: float = 0.0
     placement: str = "linear"
+    impl: str = "merged"
 
     def __post_init__(self):
         check_int("hta", "rank", self.rank, minimum=0, note=" (0 disables the low-rank term)")
         self.dropout = check_rate("hta", "dropout", self.dropout)
+        if self.impl not in _IMPLS:
+            raise ValueError(f"hta: unknown impl {self.impl!r}; use one of {', '.join(_IMPLS)}")
         if self.placement not in _PLACEMENTS:
             raise ValueError(f"hta: unknown placement {self.placement!r}; use one of {', '.join(_PLACEMENTS)}")
         self.targets = check_targets(self.targets)
@@ -301,14 +345,15 @@ class HTA(Method):
     def install(self, model: nn.Module) -> None:
         if self.placement == "ffn_adapter":
             for blk in model.blocks:
-                blk.mlp_out = HTAAdapter(model.embed_dim, self.rank, self.dropout, device=blk.mlp.fc2.weight.device)
+                blk.mlp_out = HTAAdapter(model.embed_dim, self.rank, self.dropout, device=blk.mlp.fc2.weight.device,
+                                         impl=self.impl)
             model.prelude = HTAPrelude([blk.mlp_out for blk in model.blocks])
             return
         layers = []
         for _, owner, name, layer in iter_linears(model, self.targets):
             if not isinstance(layer, nn.Linear):
                 raise ValueError(f"hta: {name} is already wrapped ({type(layer).__name__}); install one method only")
-            layers.append(HTALinear(layer, self.rank, self.dropout))
+            layers.append(HTALinear(layer, self.rank, self.dropout, self.impl))
             setattr(owner, name, layers[-1])
         model.prelude = HTAPrelude(layers)
 
