@@ -8,7 +8,7 @@
 #   2. CUDA graphs (--compile reduce-overhead), training rows only, under a time limit so step 1 always survives.
 #
 # Usage:  OUT=/some/dir bash reproduce/bench_gpu.sh        (default OUT: ./bench_out, from the calling directory)
-#         COMPILE_LIMIT=300 METHODS=... COMPILED_METHODS=...  to change what runs
+#         COMPILE_LIMIT=240 METHODS=... COMPILED_METHODS=...  to change what runs
 #         DEVICE=cpu ARCH=vit_micro_patch8 IMG_SIZE=32 BATCH=8 STEPS=2 WARMUP=1   a seconds-long smoke run (tests)
 # Writes: $OUT/eager.{json,txt}, $OUT/compiled.{json,txt}, $OUT/env.txt
 set -uo pipefail
@@ -16,7 +16,7 @@ OUT=$(realpath -m "${OUT:-bench_out}")  # relative to where the script is called
 cd "$(dirname "$0")/.."
 METHODS=${METHODS:-arc,arc_att,hta,hta_lowrank,hta_cfg,hta_cfg_lowrank,lora,lora_all,snell,snell_nodrop}
 COMPILED_METHODS=${COMPILED_METHODS:-arc,hta_cfg,hta_cfg_lowrank,lora,snell}
-COMPILE_LIMIT=${COMPILE_LIMIT:-300}
+COMPILE_LIMIT=${COMPILE_LIMIT:-240}
 COMMON=(--device "${DEVICE:-cuda}" --arch "${ARCH:-vit_base_patch16_224}" --img-size "${IMG_SIZE:-224}"
         --batch-size "${BATCH:-64}" --eval-batch-size "${EVAL_BATCH:-256}" --precision bf16
         --steps "${STEPS:-15}" --warmup "${WARMUP:-5}")
