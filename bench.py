@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import platform
 import sys
 import time
@@ -277,6 +278,17 @@ def projection(rows: dict, args) -> dict:
             "total_min_19_evals": (train_s + eval_imgs_19 / hta[eval_key]) / 60}
 
 
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)  # never a half-written file
+
+
 def _hta_config_args() -> dict:
     import yaml
 
@@ -339,7 +351,9 @@ def main(argv=None) -> int:
         del model  # nothing of this row stays allocated into the next row's peak memory
         if device.type == "cuda":
             torch.cuda.empty_cache()  # between rows only, so each row's peak memory is its own
-        print(f"  measured {name}", file=sys.stderr, flush=True)
+        print(f"  measured {name}: {rows[name]['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+        if args.json:  # rows so far, so a run stopped by a time limit keeps what it measured
+            _write_json(args.json, {"partial": True, "device": _device_name(device), "args": vars(args), "rows": rows})
     floor, full, plain_inf = rows["floor"]["img_per_s"], rows["full"]["img_per_s"], rows["floor"].get("eval_img_per_s")
     for r in rows.values():
         r["x_floor"], r["x_full"] = r["img_per_s"] / floor, r["img_per_s"] / full
@@ -347,8 +361,7 @@ def main(argv=None) -> int:
             r["eval_x_plain"] = r["eval_img_per_s"] / plain_inf
         if "merged_img_per_s" in r:
             r["merged_x_plain"] = r["merged_img_per_s"] / plain_inf
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
-                                                                                 platform.machine())
+    dev_name = _device_name(device)
     print(f"\n{args.arch} {args.img_size}px, batch {args.batch_size} (eval {args.eval_batch_size}), {args.precision}, "
           f"{dev_name}, {args.steps} timed steps after {args.warmup} warm-up")
     print(f"{'row':<16}{'params':>12}{'img/s':>10}{'ms/step':>9}{'peak GiB':>9}{'×floor':>8}{'×full':>7}"
@@ -383,8 +396,7 @@ def main(argv=None) -> int:
         print(f"\nSNELL threshold selection, ms per training step ({args.arch}): "
               + ", ".join(f"{k} {v:.1f}" for k, v in sel.items()))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        _write_json(args.json, report)
     return 1 if args.check and not report["checks"]["ok"] else 0
 
 

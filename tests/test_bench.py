@@ -11,6 +11,7 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
                        "--methods", "hta,lora,snell_nodrop,adapter", "--project", "--select", "--check", "--json", str(out)])
     assert code == 0
     rep = json.loads(out.read_text())
+    assert "partial" not in rep  # the per-row snapshots are replaced by the full report
     rows = rep["rows"]
     assert list(rows) == ["floor", "full", "hta", "lora", "snell_nodrop", "adapter"]
     assert rows["floor"]["x_floor"] == 1.0 and rows["full"]["x_full"] == 1.0
