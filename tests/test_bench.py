@@ -1,5 +1,6 @@
 """bench.py on the CPU with a tiny ViT: every row measured side by side, ratios consistent, JSON written."""
 import json
+import re
 
 import bench
 
@@ -56,4 +57,5 @@ def test_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     rep = json.loads((tmp_path / "out" / "eager.json").read_text())
     assert list(rep["rows"]) == ["floor", "full", "hta", "snell"] and rep["checks"]["ok"]
     assert rep["projection"]["total_min"] > 0 and set(rep["select_ms_per_step"]) == {"kthvalue", "sort", "topk"}
-    assert "compiled exit 124" in proc.stdout and (tmp_path / "out" / "env.txt").exists()
+    # cut by COMPILE_LIMIT (124) on any machine where importing torch alone takes a second; 0 if it ever finished
+    assert re.search(r"compiled exit (124|0)\b", proc.stdout) and (tmp_path / "out" / "env.txt").exists()
