@@ -89,7 +89,7 @@ def test_selection_threshold_equals_torch_quantile_exactly(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_order_statistic_selection_agrees(dtype):
-    """quickselect (CPU default), sort (CUDA default) and the top-k strategy give the same order statistics, and
+    """top-k (CPU default), sort (CUDA default) and quickselect give the same order statistics, and
     each of them the same threshold as torch.quantile, also with many ties."""
     g = torch.Generator().manual_seed(1)
     for a in (torch.rand(3, 4097, generator=g, dtype=dtype), (torch.rand(2, 500, generator=g, dtype=dtype) * 10).round()):
@@ -273,28 +273,18 @@ def test_checkpointing_on_off_gives_equal_gradients():
 
 
 @pytest.mark.parametrize("regularised", [True, False])
-def test_threshold_is_selected_once_per_step_even_with_checkpointing(regularised):
+def test_threshold_is_selected_once_per_step_even_with_checkpointing(regularised, monkeypatch):
     # The backward recomputation of a checkpointed branch rebuilds K and the mask from the threshold selected in the
-    # forward; it must not run the order statistics again (they dominate the step). One kthvalue per order
-    # statistic (the two ranks torch.quantile interpolates between), in forward + backward together.
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        calls: list = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.calls.append(func.__name__)
-            return func(*args, **(kwargs or {}))
-
+    # forward; it must not run the order statistics again (they dominate the step): one selection per step.
+    calls = []
+    original = snell.quantile_threshold
+    monkeypatch.setattr(snell, "quantile_threshold", lambda *a, **k: calls.append(1) or original(*a, **k))
     torch.manual_seed(0)
     base = nn.Linear(64, 48).requires_grad_(False)
     p = 0.1 if regularised else 0.0
     layer = SNELLLinear(base, rank=8, sparsity=0.9, dropout=p, drop_path=p, checkpoint=True).train()
-    lo, hi, _ = snell._quantile_ranks(0.9, 64 * 48, torch.float32)
-    assert lo != hi
-    with Count():
-        layer(torch.randn(2, 5, 64)).square().sum().backward()
-    assert Count.calls.count("kthvalue.default") == 2
+    layer(torch.randn(2, 5, 64)).square().sum().backward()
+    assert len(calls) == 1
     assert layer.A.grad is not None and layer.A.grad.abs().sum() > 0
 
 

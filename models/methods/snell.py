@@ -15,8 +15,8 @@ made by :class:`SNELLQKVBranch` at ``attn.qkv_branch``, which references (does n
 Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version the tests compare against):
 
 * each threshold is selected once per step, outside autograd and outside the activation checkpoint (whose
-  backward recomputation rebuilds K and the mask, not the selection): two order statistics (quickselect on the
-  CPU, one sort on CUDA) with ``torch.quantile``'s own rank arithmetic and interpolation (:func:`quantile_threshold`);
+  backward recomputation rebuilds K and the mask, not the selection): two order statistics (top-k on the CPU, one
+  sort on CUDA, chosen by ``bench.py --select``) with ``torch.quantile``'s own rank arithmetic and interpolation (:func:`quantile_threshold`);
 * when a branch is deterministic (eval mode, or dropout = drop_path = 0) the layer runs ONE GEMM with W + Kˢᵀ instead
   of a second, full-size branch GEMM;
 * the q, k, v kernels (same shape) are built and thresholded as one batch;
@@ -96,8 +96,10 @@ def _select_topk(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
 
 
 # Order-statistic strategies by device type ("default" for the rest); bench.py --select times each on the device.
+# CPU (2 AMD EPYC cores, ViT-B/16 shapes, ms per training step, 2026-11-27): topk 377, kthvalue 1,191, sort 6,381.
+# CUDA: sort until a GPU run of --select says otherwise (kthvalue was measured slow there: 1.46 s per step).
 SELECTORS = {"kthvalue": _select_kthvalue, "sort": _select_sort, "topk": _select_topk}
-SELECT_BY_DEVICE = {"cuda": "sort", "default": "kthvalue"}
+SELECT_BY_DEVICE = {"cuda": "sort", "default": "topk"}
 
 
 def quantile_threshold(a: torch.Tensor, q: float, select: str | None = None) -> torch.Tensor:
@@ -105,7 +107,7 @@ def quantile_threshold(a: torch.Tensor, q: float, select: str | None = None) -> 
 
     Bit-identical to ``torch.quantile`` for float32/float64 (same rank arithmetic, same ``lerp``), and free of its
     2²⁴-element limit (snell.md §3 "Size limit"). ``select`` names a strategy of ``SELECTORS``; by default
-    ``SELECT_BY_DEVICE`` (quickselect on the CPU, one sort on CUDA; see ``_select_sort``).
+    ``SELECT_BY_DEVICE`` (top-k on the CPU, one sort on CUDA; see ``_select_sort``).
     """
     lo, hi, w = _quantile_ranks(float(q), a.shape[-1], a.dtype)
     if select is None:
