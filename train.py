@@ -341,23 +341,25 @@ def autocast(cfg: dict):
                           enabled=cfg["precision"] == "bf16")
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, cfg: dict, merged: bool = False) -> float:
-    """Top-1 accuracy in percent. One host sync per call.
-
-    ``merged``: evaluate ``models.merge(model)`` instead (for mergeable methods): the plain ViT runs at plain-ViT
-    speed whatever the method, and equals the adapted model up to float rounding (tests/test_merge*).
-    """
+def eval_network(model: torch.nn.Module, cfg: dict) -> torch.nn.Module:
+    """What the evaluations of one epoch run: with ``eval_merged``, ``models.merge(model)`` for mergeable methods (a
+    plain ViT at plain-ViT speed whatever the method, equal to the adapted model up to float rounding), built once
+    for all the splits evaluated then; else the model itself."""
     import models
 
+    return models.merge(model) if cfg["eval_merged"] and model.method.mergeable else model
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, cfg: dict) -> float:
+    """Top-1 accuracy in percent. One host sync per call."""
     was_training = model.training
     model.eval()
-    net = models.merge(model) if merged and model.method.mergeable else model
     correct = torch.zeros((), dtype=torch.long, device=cfg["device"])
     n = 0
     for x, y in loader:
         with autocast(cfg):
-            logits = net(x)
+            logits = model(x)
         correct += (logits.argmax(-1) == y).sum()
         n += y.numel()
     model.train(was_training)
@@ -412,7 +414,7 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
     evals = eval_epochs(cfg)
     if cfg["eval_initial"] and not resume:
         split = "val" if cfg["protocol"] == "clean" else "test"
-        state["acc_initial"] = evaluate(model, loaders[split], cfg, merged=cfg["eval_merged"])
+        state["acc_initial"] = evaluate(eval_network(model, cfg), loaders[split], cfg)
         writer.add_scalar(f"eval/{split}/acc", state["acc_initial"], 0)
     model.train()
     for epoch in range(state["epoch"], cfg["epochs"]):
@@ -465,11 +467,13 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
             record["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             writer.add_scalar("perf/peak_mem_mb", record["peak_mem_mb"], epoch + 1)
         if epoch in evals:  # eval_epochs always holds the last epoch
+            net = eval_network(model, cfg)
             for split in ("val", "test") if cfg["protocol"] == "clean" else ("test",):
                 if split == "test" and cfg["protocol"] == "clean" and epoch != cfg["epochs"] - 1:
                     continue  # clean protocol: the test split is read at the last epoch only
-                record[f"{split}_acc"] = evaluate(model, loaders[split], cfg, merged=cfg["eval_merged"])
+                record[f"{split}_acc"] = evaluate(net, loaders[split], cfg)
                 writer.add_scalar(f"eval/{split}/acc", record[f"{split}_acc"], epoch + 1)
+            del net  # a merged copy must not stay allocated through the next epochs' training
         state["history"].append(record)
         state["epoch"] = epoch + 1
         shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in ("epoch",))

@@ -23,7 +23,7 @@ def scripted_evaluate(monkeypatch, curves: dict[str, list[float]]) -> list[str]:
     the accuracy curve is known exactly; returns the log of the evaluated split names."""
     calls: list[str] = []
 
-    def fake(model, loader, cfg, merged=False):
+    def fake(model, loader, cfg):
         name = loader.split.split
         calls.append(name)
         return curves[name][calls.count(name) - 1]
