@@ -11,3 +11,9 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A decoded-image cache folder shared by one test module's train.py runs (test_train, test_protocol)."""
+    return tmp_path_factory.mktemp("cache")

@@ -14,8 +14,8 @@ from PIL import Image
 
 import train as T
 from reproduce import search, taskcfg
-# train.main in-process (output captured, exit code checked), the tiny-run flags and the module-wide cache fixture
-from test_train import FAST, ROOT, cache, run  # noqa: F401  (cache is a pytest fixture)
+# train.main in-process (output captured, exit code checked) and the tiny-run flags; ``cache`` is in conftest.py
+from test_train import FAST, ROOT, run
 
 
 def scripted_evaluate(monkeypatch, curves: dict[str, list[float]]) -> list[str]:

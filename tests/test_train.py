@@ -18,11 +18,6 @@ FAST = ["--arch", "vit_micro_patch8", "--img-size", "32", "--pretrained", "none"
         "--eval-every", "1"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 class Ran:
     def __init__(self, returncode, stdout, stderr):
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
