@@ -56,8 +56,13 @@ __all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "
 _EPS = 1e-12  # guard for vᵀv (hta.md §3.1); with v ~ N(0, 1), vᵀv ≈ n
 
 
-def _add_hta_parameters(module: nn.Module, n_in: int, n_out: int, rank: int, device) -> None:
-    """Register v_left, v_right, d (and down, up when rank > 0) on ``module``, in fp32, initialised per HTA-D1/D2."""
+def _init_hta(module: nn.Module, n_in: int, n_out: int, rank: int, dropout: float, impl: str, device) -> None:
+    """What HTALinear and HTAAdapter share: v_left, v_right, d (and down, up when rank > 0) in fp32, initialised per
+    HTA-D1/D2; the branch dropout (HTA-D4); the training ``impl``; the slot the prelude hands factors through."""
+    module.impl = impl
+    module.dropout = float(dropout)
+    module.drop = dropout_layer(dropout)
+    module._factors = None  # this forward's (L, R, d), handed over by HTAPrelude
     module.n_in, module.n_out, module.rank = n_in, n_out, rank
     module.v_left = nn.Parameter(torch.empty(n_in, device=device, dtype=torch.float32))
     module.v_right = nn.Parameter(torch.empty(n_out, device=device, dtype=torch.float32))
@@ -208,11 +213,7 @@ class HTALinear(DeltaLinear):
 
     def __init__(self, base: nn.Linear, rank: int = 1, dropout: float = 0.0, impl: str = "merged"):
         super().__init__(base)
-        _add_hta_parameters(self, base.in_features, base.out_features, rank, base.weight.device)
-        self.impl = impl
-        self.dropout = float(dropout)
-        self.drop = dropout_layer(dropout)
-        self._factors: tuple | None = None  # this forward's (L, R, d), handed over by HTAPrelude
+        _init_hta(self, base.in_features, base.out_features, rank, dropout, impl, base.weight.device)
 
     def reset_parameters(self) -> None:
         _reset_hta_parameters(self)
@@ -248,11 +249,7 @@ class HTAAdapter(nn.Module):
 
     def __init__(self, dim: int, rank: int = 1, dropout: float = 0.0, device=None, impl: str = "merged"):
         super().__init__()
-        _add_hta_parameters(self, dim, dim, rank, device)
-        self.impl = impl
-        self.dropout = float(dropout)
-        self.drop = dropout_layer(dropout)
-        self._factors: tuple | None = None  # this forward's (L, R, d), handed over by HTAPrelude
+        _init_hta(self, dim, dim, rank, dropout, impl, device)
 
     def delta_weight(self) -> torch.Tensor:
         return hta_delta_weight(self)
@@ -263,7 +260,7 @@ class HTAAdapter(nn.Module):
         return h + F.linear(self.drop(h), hta_delta_weight(self, factors=_take_factors(self)).to(h.dtype))
 
     def extra_repr(self) -> str:
-        return f"dim={self.n_in}, rank={self.rank}, dropout={self.dropout}"
+        return f"dim={self.n_in}, rank={self.rank}, dropout={self.dropout}, impl={self.impl}"
 
 
 def _take_factors(layer: nn.Module):

@@ -38,9 +38,10 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .base import (LINEAR_NAMES, DeltaLinear, Method, autocast_input, check_int, check_rate, check_targets,
                    dropout_layer, iter_linears, register)
 
-__all__ = ["SNELL", "SNELLLinear", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify", "sparse_kernel",
-           "quantile_threshold", "reference_kernel"]
+__all__ = ["ALPHA", "SNELL", "SNELLLinear", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify",
+           "sparse_kernel", "quantile_threshold", "reference_kernel"]
 
+ALPHA = (0.1, -0.1)  # the fixed segment coefficients α of K (`shared_coeff_fc`, SNELL-D0)
 _QKV = ("q", "k", "v")
 _NO_INPUT_DROPOUT = ("proj",)  # the attention output feeds its branch undropped (snell.md §4)
 
@@ -213,7 +214,7 @@ class SNELLLinear(DeltaLinear):
         Also what fills a layer materialised from the meta device with ``to_empty`` (α is not in the state dict)."""
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))
-        self.alpha.copy_(torch.tensor([0.1, -0.1]).view(2, 1, 1))
+        self.alpha.copy_(torch.tensor(ALPHA).view(2, 1, 1))
 
     @property
     def fused(self) -> bool:
