@@ -159,20 +159,20 @@ def bench_train(model, args, device) -> dict:
     return out
 
 
+def _kernel_magnitudes(m: int, n_in: int, n_out: int, g: torch.Generator, device) -> torch.Tensor:
+    """|K| of m SNELL-r8 kernels of one shape with factors as SNELL initialises them, flattened: (m, n_in·n_out)."""
+    A = (torch.rand(m, 2, n_in, 4, generator=g) * 2 - 1) / (n_in * 4) ** 0.5
+    B = (torch.rand(m, 2, n_out, 4, generator=g) * 2 - 1) / (n_out * 4) ** 0.5
+    return _snell.kernel(A, B, torch.tensor(_snell.ALPHA).view(2, 1, 1)).abs().flatten(-2).to(device)
+
+
 def bench_select(args, device) -> dict:
     """ms per training step of each SNELL threshold strategy on the arch's |K| shapes: per block, q/k/v as one
     (3, D·D) batch, proj (1, D·D), fc1 and fc2 (1, D·4D) each, times the depth; |K| of the default init."""
     cfg = ARCHS[args.arch]
     d, h = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
     g = torch.Generator(device="cpu").manual_seed(0)
-
-    def mag(m, n_in, n_out):
-        A = (torch.rand(m, 2, n_in, 4, generator=g) * 2 - 1) / (n_in * 4) ** 0.5
-        B = (torch.rand(m, 2, n_out, 4, generator=g) * 2 - 1) / (n_out * 4) ** 0.5
-        alpha = torch.tensor([0.1, -0.1]).view(2, 1, 1)
-        return _snell.kernel(A, B, alpha).abs().flatten(-2).to(device)
-
-    block = [mag(3, d, d), mag(1, d, d), mag(1, d, h), mag(1, h, d)]
+    block = [_kernel_magnitudes(*shape, g, device) for shape in ((3, d, d), (1, d, d), (1, d, h), (1, h, d))]
     out = {}
     for name in _snell.SELECTORS:
         def run():
@@ -206,11 +206,9 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
     * HTA with the batched prelude == the per-layer path (output and every gradient; dropout 0.1, same masks);
     * SNELL with activation checkpointing == without (every gradient; same dropout and drop-path draws).
     """
-    cfg = ARCHS[args.arch]
-    d = cfg.embed_dim
+    d = ARCHS[args.arch].embed_dim
     g = torch.Generator(device="cpu").manual_seed(0)
-    A, B = torch.rand(3, 2, d, 4, generator=g) - 0.5, torch.rand(3, 2, d, 4, generator=g) - 0.5
-    mag = _snell.kernel(A, B, torch.tensor([0.1, -0.1]).view(2, 1, 1)).abs().flatten(-2).to(device)
+    mag = _kernel_magnitudes(3, d, d, g, device)
     ref = torch.quantile(mag, 0.9, dim=-1)
     out: dict = {f"select_{n}_exact": bool(torch.equal(_snell.quantile_threshold(mag, 0.9, select=n), ref))
                  for n in _snell.SELECTORS}
@@ -252,7 +250,6 @@ def projection(rows: dict, args) -> dict:
     throughput of HTA as configured (the ``hta_cfg`` row, else ``hta``) and the evaluation throughput train.py uses
     (the merged model when ``eval_merged``, else the unmerged one). Also given: the same with the 19-evaluation
     schedule (every 10th + the last 10 epochs) instead of the config's."""
-    sys.path.insert(0, str(HTA_VTAB_CONFIG.parents[2]))
     from reproduce import taskcfg
     from train import OPTIONS, eval_epochs
 
@@ -325,20 +322,22 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    hta_cfg_args = _hta_config_args()
     special = {"lora_all": ("lora", {"targets": ("q", "k", "v", "proj", "fc1", "fc2")}),
                # SNELL without its branch dropout / drop-path: the one-GEMM (W + Kˢ) path in training too
                "snell_nodrop": ("snell", {"dropout": 0.0, "drop_path": 0.0}),
                # HTA as reproduce/configs/hta_vtab.yaml trains it (its dropout takes the two-GEMM path)
-               "hta_cfg": ("hta", _hta_config_args()),
+               "hta_cfg": ("hta", hta_cfg_args),
                # the same two, trained through the low-rank branch instead of W + ΔW (models.methods.hta, impl)
                "hta_lowrank": ("hta", {"impl": "lowrank"}),
-               "hta_cfg_lowrank": ("hta", {**_hta_config_args(), "impl": "lowrank"})}
+               "hta_cfg_lowrank": ("hta", {**hta_cfg_args, "impl": "lowrank"})}
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
         if m not in models.METHODS and m not in special:
             print(f"error: --methods: unknown method {m!r}; known: {', '.join(sorted([*models.METHODS, *special]))}",
                   file=sys.stderr)
             return 2
+    dev_name = _device_name(device)
     rows: dict[str, dict] = {}
     for name in ["floor", "full", *methods]:
         method, kw = special.get(name, (name, {}))
@@ -353,7 +352,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()  # between rows only, so each row's peak memory is its own
         print(f"  measured {name}: {rows[name]['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
         if args.json:  # rows so far, so a run stopped by a time limit keeps what it measured
-            _write_json(args.json, {"partial": True, "device": _device_name(device), "args": vars(args), "rows": rows})
+            _write_json(args.json, {"partial": True, "device": dev_name, "args": vars(args), "rows": rows})
     floor, full, plain_inf = rows["floor"]["img_per_s"], rows["full"]["img_per_s"], rows["floor"].get("eval_img_per_s")
     for r in rows.values():
         r["x_floor"], r["x_full"] = r["img_per_s"] / floor, r["img_per_s"] / full
@@ -361,7 +360,6 @@ def main(argv=None) -> int:
             r["eval_x_plain"] = r["eval_img_per_s"] / plain_inf
         if "merged_img_per_s" in r:
             r["merged_x_plain"] = r["merged_img_per_s"] / plain_inf
-    dev_name = _device_name(device)
     print(f"\n{args.arch} {args.img_size}px, batch {args.batch_size} (eval {args.eval_batch_size}), {args.precision}, "
           f"{dev_name}, {args.steps} timed steps after {args.warmup} warm-up")
     print(f"{'row':<16}{'params':>12}{'img/s':>10}{'ms/step':>9}{'peak GiB':>9}{'×floor':>8}{'×full':>7}"
