@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
-import os
 import platform
 import sys
 import time
@@ -47,6 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import models
 from models.methods import snell as _snell
 from models.vit import ARCHS
+from train import OPTIONS, eval_epochs, write_json
 
 # VTAB-1k test-set sizes (specs/benchmarks.md §1), for the projection of a full 19-task sweep.
 VTAB_TEST_SIZES = {
@@ -251,7 +250,6 @@ def projection(rows: dict, args) -> dict:
     (the merged model when ``eval_merged``, else the unmerged one). Also given: the same with the 19-evaluation
     schedule (every 10th + the last 10 epochs) instead of the config's."""
     from reproduce import taskcfg
-    from train import OPTIONS, eval_epochs
 
     hta = rows.get("hta_cfg") or rows.get("hta")
     if not hta:
@@ -277,13 +275,6 @@ def projection(rows: dict, args) -> dict:
 
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)  # never a half-written file
 
 
 def _hta_config_args() -> dict:
@@ -352,7 +343,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()  # between rows only, so each row's peak memory is its own
         print(f"  measured {name}: {rows[name]['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
         if args.json:  # rows so far, so a run stopped by a time limit keeps what it measured
-            _write_json(args.json, {"partial": True, "device": dev_name, "args": vars(args), "rows": rows})
+            write_json(Path(args.json), {"partial": True, "device": dev_name, "args": vars(args), "rows": rows})
     floor, full, plain_inf = rows["floor"]["img_per_s"], rows["full"]["img_per_s"], rows["floor"].get("eval_img_per_s")
     for r in rows.values():
         r["x_floor"], r["x_full"] = r["img_per_s"] / floor, r["img_per_s"] / full
@@ -394,7 +385,7 @@ def main(argv=None) -> int:
         print(f"\nSNELL threshold selection, ms per training step ({args.arch}): "
               + ", ".join(f"{k} {v:.1f}" for k, v in sel.items()))
     if args.json:
-        _write_json(args.json, report)
+        write_json(Path(args.json), report)
     return 1 if args.check and not report["checks"]["ok"] else 0
 
 
