@@ -91,7 +91,7 @@ def _compiled(model, args):
                                                               args.compile)
 
 
-class _OpCounter(TorchDispatchMode):
+class OpCounter(TorchDispatchMode):
     """Counts ATen operations dispatched while active (autograd's backward included)."""
 
     def __init__(self):
@@ -142,7 +142,7 @@ def bench_train(model, args, device) -> dict:
     out = {"img_per_s": args.batch_size / dt, "ms_per_step": dt * 1e3, "peak_mem_gib": peak,
            "params": models.count_parameters(model), "params_no_head": models.count_parameters(model, head=False)}
     if args.compile == "none":  # untimed: one step under an op counter, one forward under saved-tensor hooks
-        with _OpCounter() as counter:  # the optimizer is left out: fused AdamW on CUDA is a few kernels in all
+        with OpCounter() as counter:  # the optimizer is left out: fused AdamW on CUDA is a few kernels in all
             forward_backward()
         out["ops_per_step"] = counter.n
 
