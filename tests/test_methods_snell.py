@@ -288,6 +288,102 @@ def test_threshold_is_selected_once_per_step_even_with_checkpointing(regularised
     assert layer.A.grad is not None and layer.A.grad.abs().sum() > 0
 
 
+def _outputs_and_grads(model, x):
+    torch.manual_seed(7)  # same dropout and drop-path draws
+    out = model(x)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [out.detach(), *torch.autograd.grad(out.square().sum(), params)]
+
+
+@pytest.mark.parametrize("kw,train", [({}, True), ({"dropout": 0.0, "drop_path": 0.0}, True),
+                                      ({"checkpoint": False}, True), ({"targets": ("q", "v", "fc2")}, True),
+                                      ({}, False)])
+def test_prelude_hands_each_layer_the_threshold_it_would_select_alone(kw, train):
+    # The prelude selects every threshold of a forward in one batch per shape; with it switched off each layer (or
+    # the q/k/v stack) selects its own. Bit-identical thresholds on the CPU, hence the same outputs and gradients
+    # (regularised, fused and unregularised, no checkpointing, a target subset, eval).
+    torch.manual_seed(0)
+    m = _micro(**kw).train(train)
+    _big_factors(m)
+    layers = [mod for mod in m.modules() if isinstance(mod, SNELLLinear)]
+    assert isinstance(m.prelude, snell.SNELLPrelude)
+    assert sum(map(len, m.prelude.groups)) == len(layers)
+    x = torch.randn(3, 3, 32, 32)
+    batched = _outputs_and_grads(m, x)
+    assert all(lin._threshold is None for lin in layers)  # each handed-over threshold was used once and dropped
+    with torch.no_grad():
+        m.prelude()
+        per_layer = [snell.kernel_threshold(lin.A, lin.B, lin.alpha, lin.sparsity) for lin in layers]
+        assert all(torch.equal(lin._threshold, t) for lin, t in zip(layers, per_layer))
+        for lin in layers:
+            lin._threshold = None
+    m.prelude, prelude = None, m.prelude
+    alone = _outputs_and_grads(m, x)
+    m.prelude = prelude
+    for a, b in zip(batched, alone):
+        assert torch.equal(a, b)
+
+
+def test_prelude_selects_once_per_shape_batch_per_step(monkeypatch):
+    # vit_micro (D = 64, 2 blocks): q/k/v/proj (64×64), fc1 (64×256), fc2 (256×64): three selections per training
+    # step instead of eight (q/k/v stack, proj, fc1, fc2 per block); capped batches split, same result.
+    calls = []
+    original = snell.quantile_threshold
+    monkeypatch.setattr(snell, "quantile_threshold", lambda a, *r, **k: calls.append(tuple(a.shape)) or original(a, *r, **k))
+    torch.manual_seed(0)
+    m = _micro().train()
+    x = torch.randn(2, 3, 32, 32)
+    ref = _outputs_and_grads(m, x)
+    assert sorted(calls) == [(2, 64 * 256)] * 2 + [(8, 64 * 64)]
+    calls.clear()
+    m.prelude = None
+    _outputs_and_grads(m, x)
+    assert sorted(calls) == sorted([(64 * 256,)] * 4 + [(64 * 64,)] * 2 + [(3, 64 * 64)] * 2)
+    calls.clear()
+    monkeypatch.setattr(snell.SNELLPrelude, "max_elements", 3 * 64 * 64)  # a new prelude batches 3 q/k/v/proj
+    m.prelude = snell.SNELLPrelude([mod for mod in m.modules() if isinstance(mod, SNELLLinear)])
+    capped = _outputs_and_grads(m, x)
+    assert sorted(calls) == sorted([(1, 64 * 256)] * 4 + [(2, 64 * 64), (3, 64 * 64), (3, 64 * 64)])
+    assert all(torch.equal(a, b) for a, b in zip(capped, ref))
+    assert _micro(sparsity=0.0).prelude is None  # KLoRA selects nothing
+
+
+@pytest.mark.parametrize("arch,sizes", [
+    ("vit_base_patch16_224", [48, 12, 12]),  # q/k/v/proj (768²), fc1, fc2: one batch each
+    ("vit_huge_patch14_224", [19] * 6 + [14] + [5] * 6 + [2] + [5] * 6 + [2]),  # 128 × 1280² split under the cap
+])
+def test_prelude_batches_layers_by_shape_under_the_memory_cap(arch, sizes):
+    with torch.device("meta"):
+        m = models.create_model(arch, "snell", num_classes=10)
+    batches = m.prelude.groups
+    assert [len(b) for b in batches] == sizes
+    assert all(len({(lin.in_features, lin.out_features) for lin in b}) == 1 for b in batches)
+    assert all(len(b) * b[0].in_features * b[0].out_features <= snell.SNELLPrelude.max_elements for b in batches)
+    layers = [mod for mod in m.modules() if isinstance(mod, SNELLLinear)]
+    assert sorted(id(lin) for b in batches for lin in b) == sorted(map(id, layers))  # each layer exactly once
+
+
+def test_snell_prelude_follows_deepcopy_and_leaves_with_merge():
+    import copy
+
+    torch.manual_seed(0)
+    m = _micro().eval()
+    _big_factors(m)
+    merged = models.merge(m)  # deep-copies, then merges the copy
+    assert merged.prelude is None and m.prelude is not None
+    twin = copy.deepcopy(m)
+    own = {id(mod) for mod in twin.modules() if isinstance(mod, SNELLLinear)}
+    assert {id(lin) for g in twin.prelude.groups for lin in g} == own  # the copy's layers, not the original's
+    with torch.no_grad():
+        twin.blocks[0].mlp.fc1.A.mul_(3.0)  # must reach the twin's thresholds through ITS prelude
+        x = torch.randn(2, 3, 32, 32)
+        assert (m(x) - merged(x)).abs().max() < 1e-4
+        with_prelude = twin(x)
+        twin.prelude = None
+        assert torch.equal(with_prelude, twin(x))
+        assert not torch.allclose(with_prelude, m(x), atol=1e-3)
+
+
 @pytest.mark.parametrize("shared_input", [False, True])
 def test_branch_keeps_only_its_input_in_the_autocast_dtype(shared_input):
     # SNELL's memory target is LoRA-on-all-linears' peak: a branch may keep for backward only its input, in bf16

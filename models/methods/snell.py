@@ -17,6 +17,8 @@ Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version th
 * each threshold is selected once per step, outside autograd and outside the activation checkpoint (whose
   backward recomputation rebuilds K and the mask, not the selection): two order statistics (top-k on the CPU, one
   sort on CUDA, chosen by ``bench.py --select``) with ``torch.quantile``'s own rank arithmetic and interpolation (:func:`quantile_threshold`);
+* all thresholds of a forward are selected together, one batch per matrix shape (:class:`SNELLPrelude` at
+  ``model.prelude``: 3 selections per step on ViT-B/16 instead of 48), bit-identical to each layer's own;
 * when a branch is deterministic (eval mode, or dropout = drop_path = 0) the layer runs ONE GEMM with W + Kˢᵀ instead
   of a second, full-size branch GEMM;
 * the q, k, v kernels (same shape) are built and thresholded as one batch;
@@ -38,7 +40,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .base import (LINEAR_NAMES, DeltaLinear, Method, autocast_input, check_int, check_rate, check_targets,
                    dropout_layer, iter_linears, register)
 
-__all__ = ["ALPHA", "SNELL", "SNELLLinear", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify",
+__all__ = ["ALPHA", "SNELL", "SNELLLinear", "SNELLPrelude", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify",
            "sparse_kernel", "quantile_threshold", "reference_kernel"]
 
 ALPHA = (0.1, -0.1)  # the fixed segment coefficients α of K (`shared_coeff_fc`, SNELL-D0)
@@ -143,7 +145,9 @@ def kernel_threshold(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, spar
     element-wise) but not the order statistics (the expensive part, which it otherwise ran a second time)."""
     if sparsity == 0:
         return None
-    return quantile_threshold(kernel(A, B, alpha).abs_().flatten(-2), sparsity)
+    # kernel()'s arithmetic with the product in place (bit-identical; one (..., 2, n_in, n_out) buffer fewer)
+    mag = torch.cdist(A, B).mul_(alpha).sum(-3).abs_()  # (..., n_in, n_out)
+    return quantile_threshold(mag.flatten(-2), sparsity)
 
 
 def sparse_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float,
@@ -164,13 +168,21 @@ def reference_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, spar
     return k * mag * (mag > t)
 
 
-def _checkpointed(enabled: bool, fn, x, A, B, alpha, sparsity):
+def _checkpointed(enabled: bool, fn, x, A, B, alpha, sparsity, threshold=None):
     """``fn(x, A, B, threshold)`` under non-reentrant activation checkpointing (SNELL-1) when gradients are being
-    recorded, with the threshold selected once, outside (:func:`kernel_threshold`); else ``fn(x, A, B, None)``."""
+    recorded, with the threshold selected once, outside (``threshold`` when the prelude selected it, else
+    :func:`kernel_threshold` here); without checkpointing ``fn(x, A, B, threshold)`` (None: selected inside)."""
     if enabled and torch.is_grad_enabled():
-        t = kernel_threshold(A, B, alpha, sparsity)
+        t = kernel_threshold(A, B, alpha, sparsity) if threshold is None else threshold
         return _checkpoint(fn, x, A, B, t, use_reentrant=False)
-    return fn(x, A, B, None)
+    return fn(x, A, B, threshold)
+
+
+def _take_threshold(layer: nn.Module) -> torch.Tensor | None:
+    """The threshold :class:`SNELLPrelude` selected for this forward (used once, then dropped); None when the layer
+    runs alone (it then selects its own, same value)."""
+    t, layer._threshold = layer._threshold, None
+    return t
 
 
 def _branches(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float,
@@ -207,6 +219,7 @@ class SNELLLinear(DeltaLinear):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.regularised = dropout > 0 or drop_path > 0
         self.checkpoint = checkpoint
+        self._threshold = None  # this forward's t, handed over by SNELLPrelude
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -238,12 +251,13 @@ class SNELLLinear(DeltaLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return _checkpointed(self.checkpoint, self._fused_forward, x, self.A, self.B, self.alpha, self.sparsity)
+            return _checkpointed(self.checkpoint, self._fused_forward, x, self.A, self.B, self.alpha, self.sparsity,
+                                 _take_threshold(self))
         y = self.base(x)
         if self.shared_input:  # the branch arrives through attn.qkv_branch (one dropout draw for q, k and v)
             return y
         branch = _checkpointed(self.checkpoint, self._branch, autocast_input(x), self.A, self.B, self.alpha,
-                               self.sparsity)
+                               self.sparsity, _take_threshold(self))
         return y + self.drop_path(branch)
 
     def extra_repr(self) -> str:
@@ -273,10 +287,54 @@ class SNELLQKVBranch(nn.Module):
         first = live[0]
         A = torch.stack([lin.A for lin in live])  # (m, 2, D, r/2)
         B = torch.stack([lin.B for lin in live])  # (m, 2, D, r/2)
+        ts = [_take_threshold(lin) for lin in live]  # selected by the prelude, else below for the stack
+        t = None if any(ti is None for ti in ts) else torch.stack(ts)  # (m,)
         # one dropout draw of x (B, N, D) for q, k and v, made inside the checkpoint like the kernels
         branches = lambda x_, A_, B_, t: _branches(self.drop(x_), A_, B_, first.alpha, first.sparsity, t)  # noqa: E731
-        outs = iter(_checkpointed(self.checkpoint, branches, autocast_input(x), A, B, first.alpha, first.sparsity))
+        outs = iter(_checkpointed(self.checkpoint, branches, autocast_input(x), A, B, first.alpha, first.sparsity, t))
         return tuple(None if lin is None or lin.fused else lin.drop_path(next(outs)) for lin in self.linears)
+
+
+class SNELLPrelude(nn.Module):
+    """``model.prelude`` for SNELL: at the start of every forward, select the thresholds t of all SNELL layers, one
+    batch per (n_in, n_out, rank, sparsity) group, and hand each layer its own (it uses it once).
+
+    Why: selection is the expensive part of SNELL's step (docs/PERFORMANCE.md), and per layer it is a handful of
+    kernels over one |K|; on a GPU the eager step is bound by launching them. Batched, ViT-B/16's 72 kernels take
+    three selections (48 q/k/v/proj, 12 fc1, 12 fc2), each over a (m, n_in·n_out) stack, which is the "select all
+    thresholds of a step together" the performance issue asks for. The values are those each layer would select
+    alone (same K, same :func:`quantile_threshold`; tested). Like ``HTAPrelude`` it owns nothing and references
+    the layers registered at their own places. Runs outside autograd; a batch holds at most ``max_elements``
+    |K| entries (128 MiB in fp32, a few times that while it is built and selected from), only while the prelude
+    runs, before any activation is stored.
+    """
+
+    max_elements = 2**25  # |K| entries per batch: bounds the prelude's transient memory at any model size
+
+    def __init__(self, layers):
+        super().__init__()
+        groups: dict[tuple, list] = {}
+        for lin in layers:
+            if lin.sparsity > 0:  # s = 0 (KLoRA) selects nothing
+                groups.setdefault((lin.in_features, lin.out_features, lin.A.shape[-1], lin.sparsity), []).append(lin)
+        batches = []
+        for g in groups.values():  # ViT-B/16: 48 + 12 + 12 layers in 3 batches; ViT-H/14's 128 q/k/v/proj in 7
+            cap = max(1, self.max_elements // (g[0].in_features * g[0].out_features))  # layers per batch at most
+            size = -(-len(g) // -(-len(g) // cap))  # as few batches as the cap allows, of near-equal size
+            batches += [tuple(g[i:i + size]) for i in range(0, len(g), size)]
+        self.__dict__["groups"] = tuple(batches)  # references, not submodules
+
+    @torch.no_grad()
+    def forward(self) -> None:
+        for group in self.groups:
+            A = torch.stack([lin.A for lin in group])  # (m, 2, n_in, r/2)
+            B = torch.stack([lin.B for lin in group])  # (m, 2, n_out, r/2)
+            t = kernel_threshold(A, B, group[0].alpha, group[0].sparsity)  # (m,)
+            for lin, ti in zip(group, t.unbind(0)):
+                lin._threshold = ti
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{len(g)}× ({g[0].out_features}, {g[0].in_features})" for g in self.groups)
 
 
 # ---------------------------------------------------------------------------------------------------------- method
@@ -321,10 +379,13 @@ class SNELL(Method):
             qkv = [getattr(blk.attn, n) if isinstance(getattr(blk.attn, n), SNELLLinear) else None for n in _QKV]
             if any(lin is not None for lin in qkv):
                 blk.attn.qkv_branch = SNELLQKVBranch(*qkv, dropout=self.dropout, checkpoint=self.checkpoint)
+        if self.sparsity > 0:
+            model.prelude = SNELLPrelude([lin for *_, lin in iter_linears(model, self.targets)])
 
     def merge(self, model: nn.Module) -> None:
         """W_eff = W₀ + Kˢᵀ per adapted linear, Kˢ computed exactly as in the eval forward (snell.md §6).
         Layers that are already plain are left alone (idempotent)."""
+        model.prelude = None
         for _, owner, name, lin in iter_linears(model, self.targets):
             if isinstance(lin, SNELLLinear):
                 setattr(owner, name, lin.merged())
