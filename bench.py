@@ -27,7 +27,8 @@ step per row, skipped with ``--compile``):
   decides the peak at batch 64.
 
 ``--select`` times SNELL's threshold strategies (``models.methods.snell.SELECTORS``) on the arch's real |K| shapes,
-per training step (one selection per matrix), so the device default can be chosen by measurement.
+per training step, as the model batches them (``SNELLPrelude``: one selection per stack of same-shape matrices) and
+unbatched (per block), so the device default can be chosen by measurement.
 """
 from __future__ import annotations
 
@@ -165,19 +166,35 @@ def _kernel_magnitudes(m: int, n_in: int, n_out: int, g: torch.Generator, device
     return _snell.kernel(A, B, torch.tensor(_snell.ALPHA).view(2, 1, 1)).abs().flatten(-2).to(device)
 
 
-def bench_select(args, device) -> dict:
-    """ms per training step of each SNELL threshold strategy on the arch's |K| shapes: per block, q/k/v as one
-    (3, D·D) batch, proj (1, D·D), fc1 and fc2 (1, D·4D) each, times the depth; |K| of the default init."""
+def _select_layouts(args) -> dict:
+    """The (m, n_in, n_out) |K| stacks one SNELL training step selects thresholds from: ``batched`` as the model
+    runs them (``SNELLPrelude``'s batches, read off a SNELL model built on the meta device), ``unbatched`` as each
+    block would alone (q/k/v as one stack, proj, fc1, fc2)."""
+    with torch.device("meta"):
+        model = models.create_model(args.arch, "snell", num_classes=10, img_size=args.img_size)
+    batched = [(len(b), b[0].in_features, b[0].out_features) for b in model.prelude.groups]
     cfg = ARCHS[args.arch]
     d, h = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+    return {"batched": batched, "unbatched": [(3, d, d), (1, d, d), (1, d, h), (1, h, d)] * cfg.depth}
+
+
+def bench_select(args, device) -> dict:
+    """ms per training step of each SNELL threshold strategy, for both layouts of :func:`_select_layouts`, on |K|
+    of SNELL's default init: {layout: {strategy: ms}}."""
     g = torch.Generator(device="cpu").manual_seed(0)
-    block = [_kernel_magnitudes(*shape, g, device) for shape in ((3, d, d), (1, d, d), (1, d, h), (1, h, d))]
-    out = {}
-    for name in _snell.SELECTORS:
-        def run():
-            for a in block:
-                _snell.quantile_threshold(a, 0.9, select=name)
-        out[name] = _seconds_per_call(run, device, max(args.warmup, 1), args.steps) * cfg.depth * 1e3
+    out: dict = {}
+    for layout, shapes in _select_layouts(args).items():
+        cache: dict = {}  # one |K| stack per distinct shape (the unbatched layout repeats each shape per block)
+        for s in shapes:
+            if s not in cache:
+                cache[s] = _kernel_magnitudes(*s, g, device)
+        mags = [cache[s] for s in shapes]
+        out[layout] = {}
+        for name in _snell.SELECTORS:
+            def run():
+                for a in mags:
+                    _snell.quantile_threshold(a, 0.9, select=name)
+            out[layout][name] = _seconds_per_call(run, device, max(args.warmup, 1), args.steps) * 1e3
     return out
 
 
@@ -203,6 +220,7 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
 
     * every SNELL threshold strategy == ``torch.quantile`` exactly, on |K| of the arch's q/k/v shape;
     * HTA with the batched prelude == the per-layer path (output and every gradient; dropout 0.1, same masks);
+    * SNELL's batched thresholds (``SNELLPrelude``) == each layer's own selection;
     * SNELL with activation checkpointing == without (every gradient; same dropout and drop-path draws).
     """
     d = ARCHS[args.arch].embed_dim
@@ -230,6 +248,13 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
     out["hta_prelude_rel_err"] = max(map(_rel_err, batched, outputs_and_grads(hta)))
     torch.manual_seed(0)
     sn = models.create_model(args.arch, "snell", num_classes=10, img_size=args.img_size).to(device).train()
+    with torch.no_grad():  # the prelude's batched thresholds == each layer's own selection (exact on the CPU)
+        sn.prelude()
+        layers = [lin for b in sn.prelude.groups for lin in b]
+        out["snell_prelude_threshold_rel_err"] = max(
+            _rel_err(lin._threshold, _snell.kernel_threshold(lin.A, lin.B, lin.alpha, lin.sparsity)) for lin in layers)
+        for lin in layers:
+            lin._threshold = None
     with_ckpt = outputs_and_grads(sn)
     for m in sn.modules():
         if hasattr(m, "checkpoint"):
@@ -381,9 +406,11 @@ def main(argv=None) -> int:
         print("\nfast paths vs references on this device: " + ", ".join(
             f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in chk.items()))
     if args.select:
-        report["select_ms_per_step"] = sel = bench_select(args, device)
-        print(f"\nSNELL threshold selection, ms per training step ({args.arch}): "
-              + ", ".join(f"{k} {v:.1f}" for k, v in sel.items()))
+        sel = bench_select(args, device)
+        report["select_ms_per_step"], report["select_ms_per_step_unbatched"] = sel["batched"], sel["unbatched"]
+        for layout, times in sel.items():
+            print(f"\nSNELL threshold selection, ms per training step ({args.arch}, {layout}): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     if args.json:
         write_json(Path(args.json), report)
     return 1 if args.check and not report["checks"]["ok"] else 0

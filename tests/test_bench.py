@@ -24,14 +24,15 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     # device-independent columns: an adapter method dispatches more ops than the floor; activations are saved
     assert all(r["ops_per_step"] > rows["floor"]["ops_per_step"] for n, r in rows.items() if n != "floor")
     assert all(r["saved_mib"] > r["saved_mib_per_sample"] > 0 for r in rows.values())
-    assert set(rep["select_ms_per_step"]) == {"kthvalue", "sort", "topk"}
+    assert set(rep["select_ms_per_step"]) == set(rep["select_ms_per_step_unbatched"]) == {"kthvalue", "sort", "topk"}
     assert rep["checks"]["ok"] and rep["checks"]["select_topk_exact"] and rep["checks"]["hta_prelude_rel_err"] < 1e-4
+    assert rep["checks"]["snell_prelude_threshold_rel_err"] == 0.0  # the CPU selects bit-identical thresholds
     # the projection follows configs/hta_vtab.yaml: 19 tasks × 100 epochs, the test split evaluated every epoch
     pr = rep["projection"]
     assert pr["eval_images"] == 100 * sum(bench.VTAB_TEST_SIZES.values()) == 38_790_400
     assert pr["eval_throughput"] == "merged_img_per_s" and pr["total_min_19_evals"] < pr["total_min"]
     assert abs(pr["train_s"] - 19 * 100 * 1000 / rows["hta"]["img_per_s"]) < 1e-6 * pr["train_s"]
-    assert all(v > 0 for v in rep["select_ms_per_step"].values())
+    assert all(v > 0 for k in ("select_ms_per_step", "select_ms_per_step_unbatched") for v in rep[k].values())
 
 
 def test_unknown_method_is_refused(capsys):
