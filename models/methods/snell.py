@@ -299,8 +299,8 @@ class SNELLPrelude(nn.Module):
     """``model.prelude`` for SNELL: at the start of every forward, select the thresholds t of all SNELL layers, one
     batch per (n_in, n_out, rank, sparsity) group, and hand each layer its own (it uses it once).
 
-    Why: selection is the expensive part of SNELL's step (docs/PERFORMANCE.md), and per layer it is a handful of
-    kernels over one |K|; on a GPU the eager step is bound by launching them. Batched, ViT-B/16's 72 kernels take
+    Why: selection dominated SNELL's step in the one GPU run so far (docs/PERFORMANCE.md), and per layer it is a
+    handful of kernels over one |K|; on a GPU the eager step is bound by launching them. Batched, ViT-B/16's 72 kernels take
     three selections (48 q/k/v/proj, 12 fc1, 12 fc2), each over a (m, n_in·n_out) stack, which is the "select all
     thresholds of a step together" the performance issue asks for. The values are those each layer would select
     alone (same K, same :func:`quantile_threshold`; tested). Like ``HTAPrelude`` it owns nothing and references
