@@ -46,7 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import models
 from models.methods import snell as _snell
 from models.vit import ARCHS
-from train import OPTIONS, eval_epochs, write_json
+from train import OPTIONS, eval_epochs, eval_network, evaluate, write_json
 
 # VTAB-1k test-set sizes (specs/benchmarks.md §1), for the projection of a full 19-task sweep.
 VTAB_TEST_SIZES = {
@@ -211,6 +211,28 @@ def bench_infer(model, args, device) -> float:
     return args.eval_batch_size / _seconds_per_call(forward, device, args.warmup, args.steps)
 
 
+def bench_eval_loop(model, args, device) -> float:
+    """img/s of an evaluation as train.py runs it: ``eval_network`` (the merged copy, built once per evaluation,
+    when the method is mergeable and ``eval_merged``) and ``evaluate`` over a cached uint8 split of
+    ``--eval-loop-images`` images through ``data.Loader`` (uploaded once, indexed and normalised on the device,
+    one host sync per evaluation). The default size is the mean VTAB-1k test split, so the merge is weighed as in
+    a real run. Image content does not affect speed: one random batch, tiled."""
+    import data
+
+    n, size = args.eval_loop_images, args.img_size
+    g = torch.Generator().manual_seed(0)
+    tile = torch.randint(0, 256, (min(n, 256), 3, size, size), dtype=torch.uint8, generator=g)
+    images = tile.repeat((n + tile.shape[0] - 1) // tile.shape[0], 1, 1, 1)[:n]
+    labels = torch.randint(0, args.num_classes, (n,), generator=g)
+    split = data.Split(images=images, labels=labels, num_classes=args.num_classes, name="bench", split="test",
+                       img_size=size)
+    loader = data.Loader(split, args.eval_batch_size, device=device)
+    cfg = {"device": str(device), "precision": args.precision, "eval_merged": OPTIONS["eval_merged"][0]}
+    seconds = _seconds_per_call(lambda: evaluate(eval_network(model, cfg), loader, cfg), device, 1,
+                                max(1, min(args.steps, 3)))
+    return n / seconds
+
+
 def _rel_err(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
@@ -271,8 +293,9 @@ HTA_VTAB_CONFIG = Path(__file__).resolve().parent / "reproduce" / "configs" / "h
 def projection(rows: dict, args) -> dict:
     """Projected wall time of ``reproduce/householder_vtab.sh``: every task of ``configs/hta_vtab.yaml`` resolved as
     the sweep resolves it (epochs, evaluation schedule; 1,000 training images per epoch), at the measured training
-    throughput of HTA as configured (the ``hta_cfg`` row, else ``hta``) and the evaluation throughput train.py uses
-    (the merged model when ``eval_merged``, else the unmerged one). Also given: the same with the 19-evaluation
+    throughput of HTA as configured (the ``hta_cfg`` row, else ``hta``) and the evaluation throughput of that row:
+    train.py's own evaluation loop when measured (``bench_eval_loop``), else the merged model's inference when
+    ``eval_merged``, else the unmerged one's. Also given: the same with the 19-evaluation
     schedule (every 10th + the last 10 epochs) instead of the config's."""
     from reproduce import taskcfg
 
@@ -281,9 +304,9 @@ def projection(rows: dict, args) -> dict:
         return {}
     spec = taskcfg.load(HTA_VTAB_CONFIG)
     defaults = {k: v[0] for k, v in OPTIONS.items()}
-    eval_key = "merged_img_per_s" if defaults.get("eval_merged", True) and "merged_img_per_s" in hta else \
-        "eval_img_per_s"
-    if eval_key not in hta:
+    eval_key = next((k for k in ("eval_loop_img_per_s", "merged_img_per_s" if defaults["eval_merged"] else None,
+                                 "eval_img_per_s") if k and k in hta), None)
+    if eval_key is None:
         return {}
     train_imgs = eval_imgs = eval_imgs_19 = 0
     for task in spec["tasks"]:
@@ -331,6 +354,9 @@ def main(argv=None) -> int:
     p.add_argument("--select", action="store_true", help="also time SNELL's threshold strategies on this device")
     p.add_argument("--train-only", action="store_true", help="skip the inference rows (e.g. to keep a --compile run "
                                                                "short: each inference model compiles again)")
+    p.add_argument("--eval-loop-images", type=int, default=round(sum(VTAB_TEST_SIZES.values()) / len(VTAB_TEST_SIZES)),
+                   help="images per timed evaluation loop (default: the mean VTAB-1k test split); the loop is timed "
+                        "for one row: the projection's HTA row, else the first method")
     p.add_argument("--check", action="store_true", help="also check the fast paths against their references on "
                                                           "this device (results in the JSON; exit 1 if one fails)")
     args = p.parse_args(argv)
@@ -353,7 +379,12 @@ def main(argv=None) -> int:
             print(f"error: --methods: unknown method {m!r}; known: {', '.join(sorted([*models.METHODS, *special]))}",
                   file=sys.stderr)
             return 2
+    if args.eval_loop_images < 1:
+        print(f"error: --eval-loop-images must be >= 1, got {args.eval_loop_images}", file=sys.stderr)
+        return 2
     dev_name = _device_name(device)
+    # the one row whose evaluation loop is timed: what the projection reads, else the first method
+    loop_row = next((m for m in ("hta_cfg", "hta") if m in methods), methods[0] if methods else "floor")
     rows: dict[str, dict] = {}
     for name in ["floor", "full", *methods]:
         method, kw = special.get(name, (name, {}))
@@ -363,6 +394,8 @@ def main(argv=None) -> int:
             rows[name]["eval_img_per_s"] = bench_infer(model, args, device)
             if name != "floor" and model.method.mergeable:
                 rows[name]["merged_img_per_s"] = bench_infer(models.merge(model), args, device)
+            if name == loop_row:
+                rows[name]["eval_loop_img_per_s"] = bench_eval_loop(model, args, device)
         del model  # nothing of this row stays allocated into the next row's peak memory
         if device.type == "cuda":
             torch.cuda.empty_cache()  # between rows only, so each row's peak memory is its own
@@ -376,6 +409,8 @@ def main(argv=None) -> int:
             r["eval_x_plain"] = r["eval_img_per_s"] / plain_inf
         if "merged_img_per_s" in r:
             r["merged_x_plain"] = r["merged_img_per_s"] / plain_inf
+        if "eval_loop_img_per_s" in r:
+            r["eval_loop_x_plain"] = r["eval_loop_img_per_s"] / plain_inf
     print(f"\n{args.arch} {args.img_size}px, batch {args.batch_size} (eval {args.eval_batch_size}), {args.precision}, "
           f"{dev_name}, {args.steps} timed steps after {args.warmup} warm-up")
     print(f"{'row':<16}{'params':>12}{'img/s':>10}{'ms/step':>9}{'peak GiB':>9}{'×floor':>8}{'×full':>7}"
@@ -391,6 +426,11 @@ def main(argv=None) -> int:
         per = f"{r['saved_mib_per_sample']:.1f}" if "saved_mib_per_sample" in r else "-"
         print(f"{name:<16}{r['params']:>12,}{r['img_per_s']:>10.1f}{r['ms_per_step']:>9.1f}{mem:>9}"
               f"{r['x_floor']:>8.2f}{r['x_full']:>7.2f}{ev:>12}{evx:>8}{mg:>9}{mgx:>8}{ops:>9}{sv:>10}{per:>8}")
+    if loop_row in rows and "eval_loop_img_per_s" in rows[loop_row]:
+        r = rows[loop_row]
+        print(f"\nevaluation loop as train.py runs it (row {loop_row}, {args.eval_loop_images:,} cached images, "
+              f"{'merged' if OPTIONS['eval_merged'][0] and 'merged_img_per_s' in r else 'unmerged'}): "
+              f"{r['eval_loop_img_per_s']:.0f} img/s = {r['eval_loop_x_plain']:.2f} × plain inference")
     report = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": dev_name,
               "torch": torch.__version__, "cuda": torch.version.cuda, "args": vars(args), "rows": rows}
     if args.project:

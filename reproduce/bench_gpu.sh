@@ -3,13 +3,14 @@
 #
 #   1. eager: every target row side by side (floor, full, ARC, ARC_att, HTA as benchmarked and as configured, each
 #      with impl merged and lowrank, LoRA, LoRA on all linears, SNELL, SNELL without dropout), the projection of
-#      householder_vtab.sh, SNELL's threshold
-#      strategies (--select) and the fast-path checks on the GPU (--check; exit 1 if one fails);
+#      householder_vtab.sh, train.py's evaluation loop timed on a cached split of the mean VTAB test-split size,
+#      SNELL's threshold strategies (--select) and the fast-path checks on the GPU (--check; exit 1 if one fails);
 #   2. CUDA graphs (--compile reduce-overhead), training rows only, under a time limit so step 1 always survives.
 #
 # Usage:  OUT=/some/dir bash reproduce/bench_gpu.sh        (default OUT: ./bench_out, from the calling directory)
 #         COMPILE_LIMIT=240 METHODS=... COMPILED_METHODS=...  to change what runs
-#         DEVICE=cpu ARCH=vit_micro_patch8 IMG_SIZE=32 BATCH=8 STEPS=2 WARMUP=1   a seconds-long smoke run (tests)
+#         DEVICE=cpu ARCH=vit_micro_patch8 IMG_SIZE=32 BATCH=8 STEPS=2 WARMUP=1 EVAL_LOOP_IMAGES=16
+#                                                                   a seconds-long smoke run (tests)
 # Writes: $OUT/eager.{json,txt}, $OUT/compiled.{json,txt}, $OUT/env.txt
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-bench_out}")  # relative to where the script is called from
@@ -20,6 +21,7 @@ COMPILE_LIMIT=${COMPILE_LIMIT:-240}
 COMMON=(--device "${DEVICE:-cuda}" --arch "${ARCH:-vit_base_patch16_224}" --img-size "${IMG_SIZE:-224}"
         --batch-size "${BATCH:-64}" --eval-batch-size "${EVAL_BATCH:-256}" --precision bf16
         --steps "${STEPS:-15}" --warmup "${WARMUP:-5}")
+[ -n "${EVAL_LOOP_IMAGES:-}" ] && COMMON+=(--eval-loop-images "$EVAL_LOOP_IMAGES")  # default: mean VTAB test split
 mkdir -p "$OUT"
 { date -u; git rev-parse HEAD 2>/dev/null
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"

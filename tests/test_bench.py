@@ -9,7 +9,8 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     out = tmp_path / "bench.json"
     code = bench.main(["--device", "cpu", "--arch", "vit_micro_patch8", "--img-size", "32", "--batch-size", "8",
                        "--eval-batch-size", "8", "--precision", "fp32", "--steps", "2", "--warmup", "1",
-                       "--methods", "hta,lora,snell_nodrop,adapter", "--project", "--select", "--check", "--json", str(out)])
+                       "--methods", "hta,lora,snell_nodrop,adapter", "--project", "--select", "--check",
+                       "--eval-loop-images", "20", "--json", str(out)])
     assert code == 0
     rep = json.loads(out.read_text())
     assert "partial" not in rep  # the per-row snapshots are replaced by the full report
@@ -30,7 +31,10 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     # the projection follows configs/hta_vtab.yaml: 19 tasks × 100 epochs, the test split evaluated every epoch
     pr = rep["projection"]
     assert pr["eval_images"] == 100 * sum(bench.VTAB_TEST_SIZES.values()) == 38_790_400
-    assert pr["eval_throughput"] == "merged_img_per_s" and pr["total_min_19_evals"] < pr["total_min"]
+    # ... at the measured speed of train.py's own evaluation loop (merged model, cached split), timed for that row
+    assert pr["eval_throughput"] == "eval_loop_img_per_s" and pr["total_min_19_evals"] < pr["total_min"]
+    assert [n for n, r in rows.items() if "eval_loop_img_per_s" in r] == ["hta"]
+    assert rows["hta"]["eval_loop_x_plain"] == rows["hta"]["eval_loop_img_per_s"] / rows["floor"]["eval_img_per_s"]
     assert abs(pr["train_s"] - 19 * 100 * 1000 / rows["hta"]["img_per_s"]) < 1e-6 * pr["train_s"]
     assert all(v > 0 for k in ("select_ms_per_step", "select_ms_per_step_unbatched") for v in rep[k].values())
 
@@ -38,6 +42,8 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
 def test_unknown_method_is_refused(capsys):
     assert bench.main(["--device", "cpu", "--methods", "hta,nope"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+    assert bench.main(["--device", "cpu", "--methods", "hta", "--eval-loop-images", "0"]) == 2
+    assert "--eval-loop-images must be >= 1" in capsys.readouterr().err
 
 
 def test_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
@@ -50,13 +56,14 @@ def test_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
 
     root = Path(bench.__file__).resolve().parent
     env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "ARCH": "vit_micro_patch8", "IMG_SIZE": "32",
-           "BATCH": "8", "EVAL_BATCH": "8", "STEPS": "1", "WARMUP": "1", "METHODS": "hta,snell",
+           "BATCH": "8", "EVAL_BATCH": "8", "STEPS": "1", "WARMUP": "1", "METHODS": "hta,snell", "EVAL_LOOP_IMAGES": "16",
            "COMPILED_METHODS": "lora", "COMPILE_LIMIT": "1"}
     proc = subprocess.run(["bash", str(root / "reproduce" / "bench_gpu.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rep = json.loads((tmp_path / "out" / "eager.json").read_text())
     assert list(rep["rows"]) == ["floor", "full", "hta", "snell"] and rep["checks"]["ok"]
+    assert rep["args"]["eval_loop_images"] == 16 and rep["rows"]["hta"]["eval_loop_img_per_s"] > 0
     assert rep["projection"]["total_min"] > 0 and set(rep["select_ms_per_step"]) == {"kthvalue", "sort", "topk"}
     # cut by COMPILE_LIMIT (124) on any machine where importing torch alone takes a second; 0 if it ever finished
     assert re.search(r"compiled exit (124|0)\b", proc.stdout) and (tmp_path / "out" / "env.txt").exists()
