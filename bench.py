@@ -11,7 +11,8 @@ the same step as train.py), next to two reference rows measured in the same run:
 * ``full``: full fine-tuning.
 
 Then inference: the plain ViT vs each method's merged ViT (``models.merge``) and vs the method's own evaluation path
-(unmerged, eval mode), in img/s. Ratios are printed against floor/full/plain. Warm-up steps are excluded from timing.
+(unmerged, eval mode), in img/s, and, for one row, train.py's evaluation loop itself (merge, cached split, loader;
+:func:`bench_eval_loop`). Ratios are printed against floor/full/plain. Warm-up steps are excluded from timing.
 ``--project`` adds the projected wall time of reproduce/householder_vtab.sh from the measured throughputs
 (see :func:`projection`).
 
