@@ -128,18 +128,25 @@ def test_fast_path_matches_reference_outputs_and_grads(dtype, tol, n_in, n_out, 
         assert torch.allclose(layer(x), F.linear(x, base.weight + layer.delta_weight(), base.bias), atol=tol * scale)
 
 
+@pytest.mark.parametrize("batch_weights", [True, False])
 @pytest.mark.parametrize("kw", [
     {"targets": ("q", "proj", "fc1", "fc2"), "rank": 2}, {"rank": 0, "dropout": 0.3}, {"placement": "ffn_adapter"},
     {"targets": ("q", "proj", "fc1", "fc2"), "rank": 2, "dropout": 0.1, "impl": "lowrank"},
     {"placement": "ffn_adapter", "impl": "lowrank"}])
-def test_batched_prelude_matches_per_layer_path(kw):
-    # The prelude builds every layer's factors in one batch per shape group; with it switched off each layer builds
-    # its own. Same outputs and same gradients for every trainable tensor, train mode (dropout on where set).
-    model = _micro(**kw).train()
+@pytest.mark.parametrize("train", [True, False])
+def test_batched_prelude_matches_per_layer_path(kw, batch_weights, train):
+    # The prelude builds every layer's factors (and, with batch_weights, their GEMM weights W + ΔW or ΔW) in one
+    # batch per shape group; with it switched off each layer builds its own. Same outputs and same gradients for
+    # every trainable tensor, in train mode (dropout on where set) and in eval mode.
+    model = _micro(**kw, batch_weights=batch_weights).train(train)
     _randomise(model)
     assert model.prelude is not None
     x = torch.randn(4, 3, 32, 32)
     params = [p for p in model.parameters() if p.requires_grad]
+    layers = [m for m in model.modules() if isinstance(m, (HTALinear, HTAAdapter))]
+    handed = []
+    for layer in layers:  # what the layers receive from the prelude
+        layer.register_forward_pre_hook(lambda m, _: handed.append((m._factors is None, m._weight is None)))
 
     def run():
         torch.manual_seed(7)  # same dropout masks
@@ -147,11 +154,15 @@ def test_batched_prelude_matches_per_layer_path(kw):
         return out.detach(), torch.autograd.grad(out.square().sum(), params)
 
     batched, g_batched = run()
-    layers = [m for m in model.modules() if isinstance(m, (HTALinear, HTAAdapter))]
-    assert all(m._factors is None for m in layers)  # each handed-over factor set was used once and dropped
+    lowrank = train and kw.get("impl") == "lowrank"
+    weights = batch_weights and not lowrank  # (factors missing, weight missing) per layer:
+    assert handed == [(True, False) if weights else (False, True)] * len(layers)
+    assert all(m._factors is None and m._weight is None for m in layers)  # each handover used once, then dropped
+    handed.clear()
     prelude, model.prelude = model.prelude, None
     alone, g_alone = run()
     model.prelude = prelude
+    assert handed == [(True, True)] * len(layers)  # nothing handed over: each layer built its own
     assert torch.allclose(batched, alone, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_batched, g_alone):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
@@ -159,8 +170,9 @@ def test_batched_prelude_matches_per_layer_path(kw):
 
 def test_prelude_cuts_dispatched_ops_per_training_step():
     # The eager GPU step is launch-bound (docs/PERFORMANCE.md): the batched prelude must keep HTA's extra ops
-    # (beyond the frozen ViT's) to a fraction of the per-layer path's. bench.py on ViT-B/16 (48 layers): 6,915 →
-    # 2,704 forward + backward ops, floor 1,269 (docs/PERFORMANCE.md). Here: 2 blocks × 4 layers, same counter.
+    # (beyond the frozen ViT's) to a fraction of the per-layer path's, and batching the weights too must cut them
+    # further. bench.py on ViT-B/16 (48 layers): 6,915 → 2,704 (factors) → 2,043 (weights) forward + backward ops,
+    # floor 1,269 (docs/PERFORMANCE.md). Here: 2 blocks × 4 layers (937 → 310 → 223 extra), same counter.
     from bench import OpCounter
 
     def ops(model):
@@ -171,12 +183,14 @@ def test_prelude_cuts_dispatched_ops_per_training_step():
 
     floor = models.create_model("vit_micro_patch8", "linear", num_classes=5, img_size=32)
     floor.pos_embed.requires_grad_(True)
-    model = _micro()
+    model = _micro(batch_weights=False)
     batched = ops(model)
+    weights = ops(_micro(batch_weights=True))
     model.prelude = None
     per_layer = ops(model)
     base = ops(floor)
     assert batched - base < 0.45 * (per_layer - base), (base, batched, per_layer)
+    assert weights - base < 0.8 * (batched - base), (base, weights, batched)
 
 
 def test_prelude_follows_deepcopy_and_leaves_with_merge():
@@ -277,7 +291,8 @@ def test_svd_of_householder_diag_householder_is_abs_d_scipy(n_in, n_out):
 
 @pytest.mark.parametrize("kw", [{}, {"targets": ("q", "v", "fc1", "fc2"), "rank": 2}, {"placement": "ffn_adapter"},
                                 {"targets": ("q", "v", "fc1", "fc2"), "rank": 2, "impl": "lowrank"},
-                                {"placement": "ffn_adapter", "impl": "lowrank"}])
+                                {"placement": "ffn_adapter", "impl": "lowrank"},
+                                {"batch_weights": True}, {"placement": "ffn_adapter", "batch_weights": True}])
 def test_identity_at_init_bit_for_bit(kw):
     frozen, hta = _micro("linear"), _micro(**kw)
     plain = {n.replace(".base.", "."): p for n, p in hta.state_dict().items()}
@@ -290,6 +305,8 @@ def test_identity_at_init_bit_for_bit(kw):
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(hta.eval()(x), frozen.eval()(x))
     assert torch.equal(hta.train()(x), frozen.train()(x))  # the training paths too (no dropout here)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # and in mixed precision: W + 0 rounds to bf16 as W does
+        assert torch.equal(hta.train()(x), frozen.train()(x))
 
 
 # ---------------------------------------------------------------- gradient flow with the zero head (§3.2)
@@ -369,7 +386,8 @@ def test_merge_in_place_and_unchanged_bias():
 @pytest.mark.parametrize("kw,match", [
     ({"targets": ("q", "qkv")}, "targets"), ({"targets": ()}, "targets"), ({"rank": -1}, "rank"),
     ({"rank": 1.5}, "rank"), ({"dropout": 1.0}, "dropout"), ({"placement": "adapter"}, "placement"),
-    ({"placement": "ffn_adapter", "targets": ("q",)}, "ffn_adapter"), ({"impl": "vector"}, "impl")])
+    ({"placement": "ffn_adapter", "targets": ("q",)}, "ffn_adapter"), ({"impl": "vector"}, "impl"),
+    ({"batch_weights": "yes"}, "batch_weights")])
 def test_bad_kwargs_raise_value_error(kw, match):
     with pytest.raises(ValueError, match=match):
         models.create_model("vit_micro_patch8", "hta", num_classes=2, img_size=32, **kw)
@@ -378,16 +396,39 @@ def test_bad_kwargs_raise_value_error(kw, match):
 def test_registered_with_defaults():
     m = models.METHODS["hta"]()
     assert isinstance(m, HTA) and m.config() == {"rank": 1, "targets": ("q", "k", "v", "proj"), "dropout": 0.0,
-                                                 "placement": "linear", "impl": "merged"}
+                                                 "placement": "linear", "impl": "merged", "batch_weights": None}
     assert HTA.head_init == "zeros" and models.METHODS["hta"](targets=["q", "v"]).targets == ("q", "v")
 
 
-def test_forward_compiles_without_graph_breaks_under_autocast():
+@pytest.mark.parametrize("kw", [{"dropout": 0.1}, {"batch_weights": True}, {"batch_weights": True, "dropout": 0.1}])
+def test_forward_compiles_without_graph_breaks_under_autocast(kw):
     # The eager step is launch-bound (many tiny ops per layer); torch.compile fuses them only if nothing breaks the
     # graph, e.g. the autocast switch inside hta_delta_weight. dynamo.explain traces without compiling any code.
     import torch._dynamo as dynamo
 
-    m = _micro(targets=("q", "fc1"), dropout=0.1).train()
+    m = _micro(targets=("q", "fc1"), **kw).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         explained = dynamo.explain(lambda x: m(x).sum())(torch.randn(2, 3, 32, 32))
     assert explained.graph_break_count == 0, explained.break_reasons
+
+
+@pytest.mark.parametrize("kw", [{}, {"batch_weights": True}, {"batch_weights": True, "dropout": 0.1}])
+def test_compiled_training_step_equals_eager(kw):
+    # What --compile runs: dynamo + AOT autograd over the prelude's hand-over (module attributes written and read in
+    # one graph). aot_eager runs the traced ATen graph without code generation: this checks the tracing.
+    m = _micro(**kw).train()
+    _randomise(m)
+    x = torch.randn(3, 3, 32, 32)
+    params = [p for p in m.parameters() if p.requires_grad]
+
+    def run(model):
+        torch.manual_seed(7)
+        out = model(x)
+        return [out.detach(), *torch.autograd.grad(out.square().sum(), params)]
+
+    eager = run(m)
+    compiled = torch.compile(m, backend="aot_eager")
+    for _ in range(2):  # the second call runs the cached graph
+        for a, b in zip(run(compiled), eager):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(layer._factors is None and layer._weight is None for layer in m.modules() if isinstance(layer, HTALinear))

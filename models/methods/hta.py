@@ -50,7 +50,7 @@ from torch import nn
 from .base import (DeltaLinear, Method, autocast_input, check_int, check_rate, check_targets, dropout_layer,
                    iter_linears, merged_linear, register)
 
-__all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many",
+__all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many", "hta_weights_many",
            "hta_lowrank_branch", "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
 
 _EPS = 1e-12  # guard for vᵀv (hta.md §3.1); with v ~ N(0, 1), vᵀv ≈ n
@@ -62,7 +62,8 @@ def _init_hta(module: nn.Module, n_in: int, n_out: int, rank: int, dropout: floa
     module.impl = impl
     module.dropout = float(dropout)
     module.drop = dropout_layer(dropout)
-    module._factors = None  # this forward's (L, R, d), handed over by HTAPrelude
+    module._factors = None  # this forward's (L, R, d), handed over by HTAPrelude (impl "lowrank")
+    module._weight = None  # or this forward's GEMM weight, W + ΔW or ΔW
     module.n_in, module.n_out, module.rank = n_in, n_out, rank
     module.v_left = nn.Parameter(torch.empty(n_in, device=device, dtype=torch.float32))
     module.v_right = nn.Parameter(torch.empty(n_out, device=device, dtype=torch.float32))
@@ -138,17 +139,47 @@ def hta_delta_weight(module: nn.Module, base: torch.Tensor | None = None, factor
         return w
 
 
-def hta_factors_many(modules) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The (L, R, d) of several HTA modules of one shape and rank, built as ONE batch from their stacked
-    parameters: about 35 forward and 90 backward ops for all of them instead of that many per module. Equal to
-    ``hta_factors`` per module (to fp32 rounding); gradients reach each module's own parameters through the stack.
-    Only the small factors are batched: each layer still forms W + L·R in its own ``addmm``, so no (m, n_out, n_in)
-    tensor is ever materialised (on the CPU such a batch runs from DRAM instead of cache and was 2× slower)."""
-    mods = list(modules)
+def _stacked_factors(mods) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L, R, d) of several HTA modules of one shape and rank as ONE batch, (m, n_out, 2 + r), (m, 2 + r, n_in),
+    (m, k), from their stacked parameters (gradients reach each module's own through the stack). Autocast off."""
     stack = lambda name: None if getattr(mods[0], name) is None else torch.stack([getattr(m, name) for m in mods])
     with _full_precision(mods[0].v_left):
-        left, right, d = hta_factors_batched(stack("v_left"), stack("v_right"), stack("d"), stack("up"), stack("down"))
-        return list(zip(left.unbind(0), right.unbind(0), d.unbind(0)))
+        return hta_factors_batched(stack("v_left"), stack("v_right"), stack("d"), stack("up"), stack("down"))
+
+
+def hta_factors_many(modules) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The (L, R, d) of several HTA modules of one shape and rank, built as one batch: about 35 forward and 90
+    backward ops for all of them instead of that many per module. Equal to ``hta_factors`` per module (to fp32
+    rounding)."""
+    left, right, d = _stacked_factors(list(modules))
+    return list(zip(left.unbind(0), right.unbind(0), d.unbind(0)))
+
+
+def _gemm_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a GEMM computes in, under the current autocast state, for a float operand like ``t``."""
+    dev = t.device.type
+    if dev != "meta" and t.dtype == torch.float32 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return t.dtype
+
+
+def hta_weights_many(modules, merged: bool) -> list[torch.Tensor]:
+    """The ready GEMM weights of several HTA modules of one shape and rank, built as one batch: W + ΔW_pt (``merged``,
+    HTALinear) or ΔW_pt, each (n_out, n_in), in the dtype their GEMM runs in (bf16 under bf16 autocast: one cast
+    for the batch instead of one per layer). Built in fp32 like :func:`hta_delta_weight` (same values, to fp32
+    rounding): one ``baddbmm`` and one diagonal add for all of them, so a layer's own forward is the frozen GEMM
+    with its weight handed over; in backward the layers' weight gradients come back as one batch too."""
+    mods = list(modules)
+    left, right, d = _stacked_factors(mods)
+    with _full_precision(mods[0].v_left):
+        if merged:
+            base = torch.stack([m.base.weight for m in mods]).to(left.dtype)  # (m, n_out, n_in), frozen
+            w = torch.baddbmm(base, left, right)
+        else:
+            w = left @ right
+        w.diagonal(dim1=-2, dim2=-1).add_(d)  # + M0: the rectangular diagonal (first k entries)
+    ref = mods[0].base.weight if merged else mods[0].v_left
+    return list(w.to(_gemm_dtype(ref)).unbind(0))
 
 
 def _full_precision(t: torch.Tensor):
@@ -222,18 +253,29 @@ class HTALinear(DeltaLinear):
         return hta_delta_weight(self)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.drop(x), hta_delta_weight(self, factors=_take_factors(self)).to(x.dtype))
+        w = _take_weight(self)  # ΔW_pt from the prelude, else built here
+        if w is None:
+            w = hta_delta_weight(self, factors=_take_factors(self)).to(x.dtype)
+        return F.linear(self.drop(x), w)
+
+    def _prelude_form(self) -> str:
+        """What this forward needs from the prelude: "factors" (lowrank), "delta" (ΔW) or "merged" (W + ΔW)."""
+        if self.training and self.impl == "lowrank":
+            return "factors"
+        return "delta" if self.training and self.dropout > 0 else "merged"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.base.weight
         if self.training and self.impl == "lowrank":
             x = autocast_input(x)
             return self.base(x) + hta_lowrank_branch(self.drop(x), _own_factors(self))
         if self.training and self.dropout > 0:  # the mask applies to the branch only: two GEMMs, one input cast
             x = autocast_input(x)
             return self.base(x) + self.branch(x)
-        w_eff = hta_delta_weight(self, w, factors=_take_factors(self))  # W + ΔW: one GEMM
-        return F.linear(x, w_eff.to(w.dtype), self.base.bias)
+        w_eff = _take_weight(self)  # W + ΔW: one GEMM
+        if w_eff is None:
+            w = self.base.weight
+            w_eff = hta_delta_weight(self, w, factors=_take_factors(self)).to(w.dtype)
+        return F.linear(x, w_eff, self.base.bias)
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, dropout={self.dropout}, "
@@ -254,10 +296,16 @@ class HTAAdapter(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         return hta_delta_weight(self)
 
+    def _prelude_form(self) -> str:
+        return "factors" if self.training and self.impl == "lowrank" else "delta"
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.training and self.impl == "lowrank":
             return h + hta_lowrank_branch(self.drop(autocast_input(h)), _own_factors(self))
-        return h + F.linear(self.drop(h), hta_delta_weight(self, factors=_take_factors(self)).to(h.dtype))
+        w = _take_weight(self)  # ΔW from the prelude, else built here
+        if w is None:
+            w = hta_delta_weight(self, factors=_take_factors(self)).to(h.dtype)
+        return h + F.linear(self.drop(h), w)
 
     def extra_repr(self) -> str:
         return f"dim={self.n_in}, rank={self.rank}, dropout={self.dropout}, impl={self.impl}"
@@ -269,18 +317,38 @@ def _take_factors(layer: nn.Module):
     return factors
 
 
-class HTAPrelude(nn.Module):
-    """``model.prelude`` for HTA: at the start of every forward, build the factors (L, R, d) of all HTA layers, one
-    batch per (n_in, n_out, rank) group (:func:`hta_factors_many`), and hand each layer its own.
+def _take_weight(layer: nn.Module):
+    """The GEMM weight (W + ΔW or ΔW) the prelude built for this forward (used once, then dropped); else None."""
+    w, layer._weight = layer._weight, None
+    return w
 
-    Why: per layer, the factors take about 35 small forward and 90 backward ops; on a GPU the eager step is bound
-    by launching them (docs/PERFORMANCE.md). Batched, the 48 q/k/v/proj layers of ViT-B/16 cost about as many ops
-    as one. The prelude owns nothing: it references the layers (registered at their own places), like
-    ``SNELLQKVBranch``. A layer called outside a model forward builds its own factors (same values).
+
+class HTAPrelude(nn.Module):
+    """``model.prelude`` for HTA: at the start of every forward, build what each HTA layer's forward needs for all
+    layers at once, one batch per (n_in, n_out, rank) group, and hand each layer its own: the GEMM weight W + ΔW
+    (or ΔW on the dropout path and for the adapter) from :func:`hta_weights_many`, or the factors (L, R, d) from
+    :func:`hta_factors_many` when training with ``impl="lowrank"``.
+
+    Why: per layer, the factors take about 35 small forward and 90 backward ops, and forming, casting and
+    differentiating W + ΔW about a dozen more; on a GPU the eager step is bound by launching them
+    (docs/PERFORMANCE.md). Batched, the 48 q/k/v/proj layers of ViT-B/16 cost about as many ops as one, and a
+    layer's own forward is the frozen ViT's GEMM. The prelude owns nothing: it references the layers (registered at
+    their own places), like ``SNELLQKVBranch``. A layer called outside a model forward builds its own (same values).
+    A batch holds at most ``max_elements`` weight entries (128 MiB in fp32; ViT-B/16's 48 layers fit in one), so
+    the transient memory stays bounded at any model size.
     """
 
-    def __init__(self, layers):
+    max_elements = 2**25
+    # Whether the weights are batched too (else only the factors, each layer forming its own W + ΔW), by device
+    # type ("default" for the rest), unless the method's ``batch_weights`` says. CPU (2 AMD EPYC cores, ViT-B/16,
+    # batch 4, bf16, 2026-11-27): 603 ms per step with per-layer weights, 724 ms batched (a (48, 768, 768) batch
+    # runs from DRAM, one layer's weight from cache). CUDA: batched, for an eager step bound by launching ops
+    # (2,704 → 2,043 forward + backward ops on ViT-B/16), until bench.py's hta_layer_weights row is measured.
+    WEIGHTS_BY_DEVICE = {"cuda": True, "default": False}
+
+    def __init__(self, layers, batch_weights: bool | None = None):
         super().__init__()
+        self.batch_weights = batch_weights
         groups: dict[tuple, list] = {}
         for layer in layers:
             groups.setdefault((layer.n_in, layer.n_out, layer.rank), []).append(layer)
@@ -288,11 +356,27 @@ class HTAPrelude(nn.Module):
 
     def forward(self) -> None:
         for group in self.groups:
-            for layer, factors in zip(group, hta_factors_many(group)):
-                layer._factors = factors
+            batch_weights = self.batch_weights
+            if batch_weights is None:
+                dev = group[0].v_left.device.type
+                batch_weights = self.WEIGHTS_BY_DEVICE.get(dev, self.WEIGHTS_BY_DEVICE["default"])
+            by_form: dict[str, list] = {}  # one form per group in practice (same class, mode and options)
+            for layer in group:
+                by_form.setdefault(layer._prelude_form() if batch_weights else "factors", []).append(layer)
+            cap = max(1, self.max_elements // (group[0].n_in * group[0].n_out))
+            for form, layers in by_form.items():
+                for i in range(0, len(layers), cap):
+                    chunk = layers[i:i + cap]
+                    if form == "factors":
+                        for layer, factors in zip(chunk, hta_factors_many(chunk)):
+                            layer._factors = factors
+                    else:
+                        for layer, w in zip(chunk, hta_weights_many(chunk, merged=form == "merged")):
+                            layer._weight = w
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{len(g)}× ({g[0].n_out}, {g[0].n_in}) rank {g[0].rank}" for g in self.groups)
+        return ", ".join(f"{len(g)}× ({g[0].n_out}, {g[0].n_in}) rank {g[0].rank}" for g in self.groups) + \
+            f", batch_weights={self.batch_weights}"
 
 
 _PLACEMENTS = ("linear", "ffn_adapter")
@@ -313,6 +397,8 @@ class HTA(Method):
       not used).
     * ``impl`` — how training computes the update: "merged" (W + ΔW per step) or "lowrank" (a LoRA-like branch
       from the factors, no ΔW and no weight-gradient GEMM); same function, a speed choice (``HTALinear``).
+    * ``batch_weights`` — whether the prelude also forms the layers' GEMM weights as one batch (True) or only their
+      factors (False); None (default) decides by device, ``HTAPrelude.WEIGHTS_BY_DEVICE``. Same function.
 
     Head: zeros (hta.md §5.2). Weight-decay grouping is the training loop's job: match the parameter names
     ``v_left``, ``v_right``, ``d``, ``down``, ``up`` (module docstring).
@@ -326,9 +412,12 @@ class HTA(Method):
     dropout: float = 0.0
     placement: str = "linear"
     impl: str = "merged"
+    batch_weights: bool | None = None
 
     def __post_init__(self):
         check_int("hta", "rank", self.rank, minimum=0, note=" (0 disables the low-rank term)")
+        if self.batch_weights not in (None, True, False):
+            raise ValueError(f"hta: batch_weights must be true, false or null (by device), got {self.batch_weights!r}")
         self.dropout = check_rate("hta", "dropout", self.dropout)
         if self.impl not in _IMPLS:
             raise ValueError(f"hta: unknown impl {self.impl!r}; use one of {', '.join(_IMPLS)}")
@@ -344,7 +433,7 @@ class HTA(Method):
             for blk in model.blocks:
                 blk.mlp_out = HTAAdapter(model.embed_dim, self.rank, self.dropout, device=blk.mlp.fc2.weight.device,
                                          impl=self.impl)
-            model.prelude = HTAPrelude([blk.mlp_out for blk in model.blocks])
+            model.prelude = HTAPrelude([blk.mlp_out for blk in model.blocks], self.batch_weights)
             return
         layers = []
         for _, owner, name, layer in iter_linears(model, self.targets):
@@ -352,7 +441,7 @@ class HTA(Method):
                 raise ValueError(f"hta: {name} is already wrapped ({type(layer).__name__}); install one method only")
             layers.append(HTALinear(layer, self.rank, self.dropout, self.impl))
             setattr(owner, name, layers[-1])
-        model.prelude = HTAPrelude(layers)
+        model.prelude = HTAPrelude(layers, self.batch_weights)
 
     @torch.no_grad()
     def merge(self, model: nn.Module) -> None:
