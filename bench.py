@@ -243,7 +243,8 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
     """The fast paths against their references ON THIS DEVICE, in fp32 (the CPU test suite checks them on the CPU):
 
     * every SNELL threshold strategy == ``torch.quantile`` exactly, on |K| of the arch's q/k/v shape;
-    * HTA with the batched prelude == the per-layer path (output and every gradient; dropout 0.1, same masks);
+    * HTA with the batched prelude (factors only; GEMM weights W + ΔW and ΔW) == the per-layer path (output and
+      every gradient; same dropout masks);
     * SNELL's batched thresholds (``SNELLPrelude``) == each layer's own selection;
     * SNELL with activation checkpointing == without (every gradient; same dropout and drop-path draws).
     """
@@ -261,15 +262,19 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
         params = [p for p in model.parameters() if p.requires_grad]
         return [y.detach(), *torch.autograd.grad(y.square().sum(), params)]
 
-    torch.manual_seed(0)
-    hta = models.create_model(args.arch, "hta", num_classes=10, img_size=args.img_size, dropout=0.1).to(device).train()
-    with torch.no_grad():
-        for n, p in hta.named_parameters():
-            if n.endswith((".d", ".up")) or n.startswith("head."):
-                p.normal_(0, 0.2)
-    batched = outputs_and_grads(hta)
-    hta.prelude = None
-    out["hta_prelude_rel_err"] = max(map(_rel_err, batched, outputs_and_grads(hta)))
+    errs = []
+    for kw in ({"dropout": 0.1, "batch_weights": False}, {"dropout": 0.1, "batch_weights": True},
+               {"batch_weights": True}):  # factors only; weights: ΔW (dropout path) and W + ΔW
+        torch.manual_seed(0)
+        hta = models.create_model(args.arch, "hta", num_classes=10, img_size=args.img_size, **kw).to(device).train()
+        with torch.no_grad():
+            for n, p in hta.named_parameters():
+                if n.endswith((".d", ".up")) or n.startswith("head."):
+                    p.normal_(0, 0.2)
+        batched = outputs_and_grads(hta)
+        hta.prelude = None
+        errs.append(max(map(_rel_err, batched, outputs_and_grads(hta))))
+    out["hta_prelude_rel_err"] = max(errs)
     torch.manual_seed(0)
     sn = models.create_model(args.arch, "snell", num_classes=10, img_size=args.img_size).to(device).train()
     with torch.no_grad():  # the prelude's batched thresholds == each layer's own selection (exact on the CPU)
@@ -345,7 +350,8 @@ def main(argv=None) -> int:
                    help="comma-separated; 'lora_all' = LoRA r8 on all six linears (the SNELL memory reference), "
                         "'snell_nodrop' = SNELL with dropout and drop-path 0, 'hta_cfg' = HTA with the method "
                         "arguments of reproduce/configs/hta_vtab.yaml (used by --project), 'hta_lowrank' / "
-                        "'hta_cfg_lowrank' = the same trained with impl='lowrank'")
+                        "'hta_cfg_lowrank' = the same trained with impl='lowrank', 'hta[_cfg]_layer_weights' / "
+                        "'hta[_cfg]_batched_weights' = with batch_weights false / true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per row")
@@ -374,7 +380,13 @@ def main(argv=None) -> int:
                "hta_cfg": ("hta", hta_cfg_args),
                # the same two, trained through the low-rank branch instead of W + ΔW (models.methods.hta, impl)
                "hta_lowrank": ("hta", {"impl": "lowrank"}),
-               "hta_cfg_lowrank": ("hta", {**hta_cfg_args, "impl": "lowrank"})}
+               "hta_cfg_lowrank": ("hta", {**hta_cfg_args, "impl": "lowrank"}),
+               # the same two with the prelude batching only the factors, each layer forming its own weight (the
+               # CPU's default), or the GEMM weights too (CUDA's): HTAPrelude.WEIGHTS_BY_DEVICE
+               "hta_layer_weights": ("hta", {"batch_weights": False}),
+               "hta_cfg_layer_weights": ("hta", {**hta_cfg_args, "batch_weights": False}),
+               "hta_batched_weights": ("hta", {"batch_weights": True}),
+               "hta_cfg_batched_weights": ("hta", {**hta_cfg_args, "batch_weights": True})}
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
         if m not in models.METHODS and m not in special:
