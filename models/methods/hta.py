@@ -29,7 +29,8 @@ with dropout in training it runs ``base(x) + F.linear(dropout(x), ΔW_pt)``. ``h
 per-token vector form (§3.1 steps 1–4) that the tests hold the fast path to. The factors of ΔW_pt take a few dozen
 tiny ops per layer, and an eager GPU step is bound by launching them, not by FLOPs: :class:`HTAPrelude` (installed
 at ``model.prelude``) builds the factors of all layers of one shape in one batch at the start of each forward
-(6,915 → 2,704 forward + backward ops per step on ViT-B/16, docs/PERFORMANCE.md). The forward has no graph breaks,
+(6,915 → 2,704 forward + backward ops per step on ViT-B/16, docs/PERFORMANCE.md), and on CUDA their GEMM weights
+W + ΔW too (→ 2,043; ``batch_weights``). The forward has no graph breaks,
 so ``torch.compile`` (CUDA graphs) can take the rest of the launch overhead.
 
 Placements (HTA-D3): ``placement="linear"`` adapts ``targets`` (default q, k, v, proj in every block: 184,320
