@@ -27,6 +27,9 @@ step per row, skipped with ``--compile``):
   that grows with the batch (``saved_mib_per_sample``, from a second forward at batch 1): the activation memory that
   decides the peak at batch 64.
 
+The run ends with the issue's targets judged from its own numbers (:func:`target_verdicts`: met / MISSED, value
+and limit; also in the JSON under "targets").
+
 ``--select`` times SNELL's threshold strategies (``models.methods.snell.SELECTORS``) on the arch's real |K| shapes,
 per training step, as the model batches them (``SNELLPrelude``: one selection per stack of same-shape matrices) and
 unbatched (per block), so the device default can be chosen by measurement.
@@ -328,6 +331,33 @@ def projection(rows: dict, args) -> dict:
             "total_min_19_evals": (train_s + eval_imgs_19 / hta[eval_key]) / 60}
 
 
+def target_verdicts(rows: dict, proj: dict | None) -> list[dict]:
+    """The issue's targets (docs/PERFORMANCE.md) checked against this run's measurements: one entry per target and
+    row measured, {"target", "row", "value", "limit", "met"}; targets whose rows were not measured are left out
+    (the data-loader target is ``python -m data.bench``'s). Ratios are this run's, side by side."""
+    out = []
+
+    def add(target, row, value, limit, at_least=True):
+        if value is not None:
+            out.append({"target": target, "row": row, "value": value, "limit": limit,
+                        "met": value >= limit if at_least else value <= limit})
+
+    for name in ("arc", "arc_att", "hta", "hta_cfg", "lora"):
+        if name in rows:
+            add("training >= 0.85 x floor", name, rows[name]["x_floor"], 0.85)
+    if "snell" in rows:
+        add("SNELL training >= 0.9 x full", "snell", rows["snell"]["x_full"], 0.9)
+        peak, ref = rows["snell"].get("peak_mem_gib"), rows.get("lora_all", {}).get("peak_mem_gib")
+        if peak is not None and ref is not None:
+            add("SNELL peak memory <= lora_all's (GiB)", "snell", peak, ref, at_least=False)
+    for name, r in rows.items():
+        add("merged inference >= 0.97 x plain", name, r.get("merged_x_plain"), 0.97)
+        add("evaluation loop >= 0.9 x plain", name, r.get("eval_loop_x_plain"), 0.9)
+    if proj:
+        add("householder_vtab.sh projected <= 30 min", proj["row"], proj["total_min"], 30.0, at_least=False)
+    return out
+
+
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
 
@@ -465,6 +495,12 @@ def main(argv=None) -> int:
         for layout, times in sel.items():
             print(f"\nSNELL threshold selection, ms per training step ({args.arch}, {layout}): "
                   + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+    report["targets"] = verdicts = target_verdicts(rows, report.get("projection"))
+    if verdicts:
+        print(f"\ntargets on {dev_name} ({args.precision}, batch {args.batch_size}):")
+        for v in verdicts:
+            print(f"  {'met   ' if v['met'] else 'MISSED'} {v['target']:<42} {v['row']:<24} "
+                  f"{v['value']:>8.2f} (limit {v['limit']:.2f})")
     if args.json:
         write_json(Path(args.json), report)
     return 1 if args.check and not report["checks"]["ok"] else 0

@@ -37,6 +37,33 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert rows["hta"]["eval_loop_x_plain"] == rows["hta"]["eval_loop_img_per_s"] / rows["floor"]["eval_img_per_s"]
     assert abs(pr["train_s"] - 19 * 100 * 1000 / rows["hta"]["img_per_s"]) < 1e-6 * pr["train_s"]
     assert all(v > 0 for k in ("select_ms_per_step", "select_ms_per_step_unbatched") for v in rep[k].values())
+    # the targets, judged from this run's own numbers (no peak memory on the CPU: no memory verdict)
+    verdicts = {(v["target"], v["row"]): v for v in rep["targets"]}
+    assert set(verdicts) == {("training >= 0.85 x floor", "hta"), ("training >= 0.85 x floor", "lora"),
+                             ("merged inference >= 0.97 x plain", "hta"), ("merged inference >= 0.97 x plain", "lora"),
+                             ("merged inference >= 0.97 x plain", "snell_nodrop"),
+                             ("evaluation loop >= 0.9 x plain", "hta"),
+                             ("householder_vtab.sh projected <= 30 min", "hta")}
+    hta_floor = verdicts[("training >= 0.85 x floor", "hta")]
+    assert hta_floor["value"] == rows["hta"]["x_floor"] and hta_floor["met"] == (rows["hta"]["x_floor"] >= 0.85)
+    proj = verdicts[("householder_vtab.sh projected <= 30 min", "hta")]
+    assert proj["value"] == pr["total_min"] and proj["met"] == (pr["total_min"] <= 30)
+
+
+def test_target_verdicts_compare_each_measurement_with_its_limit():
+    rows = {"floor": {"x_floor": 1.0, "x_full": 2.0, "peak_mem_gib": 3.4},
+            "hta": {"x_floor": 0.86, "x_full": 1.7, "merged_x_plain": 0.96, "eval_loop_x_plain": 0.95},
+            "lora": {"x_floor": 0.84, "x_full": 1.6, "merged_x_plain": 0.99},
+            "lora_all": {"x_floor": 0.5, "x_full": 0.9, "peak_mem_gib": 5.0},
+            "snell": {"x_floor": 0.5, "x_full": 0.91, "peak_mem_gib": 5.1}}
+    got = {(v["target"], v["row"]): v["met"] for v in bench.target_verdicts(rows, {"row": "hta", "total_min": 29.9})}
+    assert got == {("training >= 0.85 x floor", "hta"): True, ("training >= 0.85 x floor", "lora"): False,
+                   ("merged inference >= 0.97 x plain", "hta"): False,
+                   ("merged inference >= 0.97 x plain", "lora"): True,
+                   ("evaluation loop >= 0.9 x plain", "hta"): True,
+                   ("SNELL training >= 0.9 x full", "snell"): True,
+                   ("SNELL peak memory <= lora_all's (GiB)", "snell"): False,
+                   ("householder_vtab.sh projected <= 30 min", "hta"): True}
 
 
 def test_unknown_method_is_refused(capsys):
