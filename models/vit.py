@@ -12,7 +12,7 @@ pre-logits), with two deliberate differences:
 Hook points (B = batch, N = tokens incl. cls, D = width)::
 
     model.prelude           optional: called with no input at the start of every forward, for per-step
-                            work shared by many layers (HTA: the ΔW factors of all layers at once) (HTA)
+                            work shared by many layers (methods/base.py: preludes)            (HTA, SNELL)
     model.embed_hook        (B, N-1, D) patch tokens after the patch projection, before cls/pos     (SSF)
     block.tokens_in         (B, N, D) block input tokens; may change N                               (VPT)
     block.attn_in           (B, N, D) LN1 output feeding q/k/v                                       (ARC, SSF)

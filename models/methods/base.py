@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 __all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "WrappedLinear", "DeltaLinear",
-           "merged_linear", "check_targets", "check_int", "check_rate", "dropout_layer", "autocast_input"]
+           "merged_linear", "check_targets", "check_int", "check_rate", "dropout_layer", "autocast_dtype",
+           "autocast_input", "prelude_batches", "take_handover", "PRELUDE_MAX_ELEMENTS"]
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -79,14 +80,51 @@ def dropout_layer(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
+def autocast_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a GEMM computes in, under the current autocast state, for a floating operand like ``t`` (autocast
+    casts floating operands to its dtype, float64 excepted)."""
+    dev = t.device.type
+    if dev != "meta" and t.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return t.dtype
+
+
 def autocast_input(x: torch.Tensor) -> torch.Tensor:
     """x in the autocast dtype when autocast is on (any GEMM it feeds would cast it anyway). For a branch input that
     goes through a dropout and is kept for backward: cast first, and the dropout, its saved input and (on the CPU)
     its mask take 2 bytes an entry instead of 4 (LayerNorm outputs are fp32 under autocast)."""
-    dev = x.device.type
-    if dev != "meta" and torch.is_autocast_enabled(dev):
-        return x.to(torch.get_autocast_dtype(dev))
-    return x
+    return x.to(autocast_dtype(x))
+
+
+# ------------------------------------------------------------------------------------------------- preludes
+# A method's ``model.prelude`` (models/vit.py) does per-step work for many layers at once and hands each layer its
+# share through a slot attribute that the layer empties when it reads it (``take_handover``); a layer called on its
+# own finds the slot empty and computes its share itself.
+
+PRELUDE_MAX_ELEMENTS = 2**25  # matrix entries per stacked batch (128 MiB in fp32): bounds a prelude's transient memory
+
+
+def prelude_batches(layers, key, entries, max_elements: int = PRELUDE_MAX_ELEMENTS) -> tuple[tuple, ...]:
+    """``layers`` grouped by ``key(layer)`` (layers a prelude can stack: same shape and options), each group split
+    into as few batches as keep ``len(batch) · entries(layer) <= max_elements`` (a single layer may exceed it), of
+    near-equal size. ViT-B/16's 48 768×768 layers make one batch; ViT-H/14's 128 1280×1280 layers make 7."""
+    groups: dict = {}
+    for layer in layers:
+        groups.setdefault(key(layer), []).append(layer)
+    batches = []
+    for g in groups.values():
+        cap = max(1, max_elements // entries(g[0]))  # layers per batch at most
+        size = -(-len(g) // -(-len(g) // cap))  # ceil(len / number of batches)
+        batches += [tuple(g[i:i + size]) for i in range(0, len(g), size)]
+    return tuple(batches)
+
+
+def take_handover(layer: nn.Module, slot: str):
+    """What the prelude left in ``layer.<slot>`` for this forward (None if nothing), emptying the slot: each
+    hand-over is used once, and a layer called outside a model forward never sees a stale one."""
+    value = getattr(layer, slot)
+    setattr(layer, slot, None)
+    return value
 
 
 def iter_linears(model: nn.Module, targets) -> Iterator[tuple[int, nn.Module, str, nn.Module]]:

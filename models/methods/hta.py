@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (DeltaLinear, Method, autocast_input, check_int, check_rate, check_targets, dropout_layer,
-                   iter_linears, merged_linear, register)
+from .base import (PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, check_int, check_rate,
+                   check_targets, dropout_layer, iter_linears, merged_linear, prelude_batches, register, take_handover)
 
 __all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many", "hta_weights_many",
            "hta_lowrank_branch", "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
@@ -63,7 +63,7 @@ def _init_hta(module: nn.Module, n_in: int, n_out: int, rank: int, dropout: floa
     module.impl = impl
     module.dropout = float(dropout)
     module.drop = dropout_layer(dropout)
-    module._factors = None  # this forward's (L, R, d), handed over by HTAPrelude (impl "lowrank")
+    module._factors = None  # this forward's (L, R, d), handed over by HTAPrelude (base.take_handover)
     module._weight = None  # or this forward's GEMM weight, W + ΔW or ΔW
     module.n_in, module.n_out, module.rank = n_in, n_out, rank
     module.v_left = nn.Parameter(torch.empty(n_in, device=device, dtype=torch.float32))
@@ -156,14 +156,6 @@ def hta_factors_many(modules) -> list[tuple[torch.Tensor, torch.Tensor, torch.Te
     return list(zip(left.unbind(0), right.unbind(0), d.unbind(0)))
 
 
-def _gemm_dtype(t: torch.Tensor) -> torch.dtype:
-    """The dtype a GEMM computes in, under the current autocast state, for a float operand like ``t``."""
-    dev = t.device.type
-    if dev != "meta" and t.dtype == torch.float32 and torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return t.dtype
-
-
 def hta_weights_many(modules, merged: bool) -> list[torch.Tensor]:
     """The ready GEMM weights of several HTA modules of one shape and rank, built as one batch: W + ΔW_pt (``merged``,
     HTALinear) or ΔW_pt, each (n_out, n_in), in the dtype their GEMM runs in (bf16 under bf16 autocast: one cast
@@ -180,7 +172,7 @@ def hta_weights_many(modules, merged: bool) -> list[torch.Tensor]:
             w = left @ right
         w.diagonal(dim1=-2, dim2=-1).add_(d)  # + M0: the rectangular diagonal (first k entries)
     ref = mods[0].base.weight if merged else mods[0].v_left
-    return list(w.to(_gemm_dtype(ref)).unbind(0))
+    return list(w.to(autocast_dtype(ref)).unbind(0))
 
 
 def _full_precision(t: torch.Tensor):
@@ -206,7 +198,7 @@ def hta_lowrank_branch(z: torch.Tensor, factors) -> torch.Tensor:
 
 def _own_factors(layer: nn.Module):
     """The factors the prelude handed over for this forward, else built here (autocast off)."""
-    factors = _take_factors(layer)
+    factors = take_handover(layer, "_factors")
     if factors is None:
         with _full_precision(layer.v_left):
             factors = hta_factors(layer)
@@ -254,9 +246,9 @@ class HTALinear(DeltaLinear):
         return hta_delta_weight(self)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        w = _take_weight(self)  # ΔW_pt from the prelude, else built here
+        w = take_handover(self, "_weight")  # ΔW_pt from the prelude, else built here
         if w is None:
-            w = hta_delta_weight(self, factors=_take_factors(self)).to(x.dtype)
+            w = hta_delta_weight(self, factors=take_handover(self, "_factors")).to(x.dtype)
         return F.linear(self.drop(x), w)
 
     def _prelude_form(self) -> str:
@@ -272,10 +264,10 @@ class HTALinear(DeltaLinear):
         if self.training and self.dropout > 0:  # the mask applies to the branch only: two GEMMs, one input cast
             x = autocast_input(x)
             return self.base(x) + self.branch(x)
-        w_eff = _take_weight(self)  # W + ΔW: one GEMM
+        w_eff = take_handover(self, "_weight")  # W + ΔW: one GEMM
         if w_eff is None:
             w = self.base.weight
-            w_eff = hta_delta_weight(self, w, factors=_take_factors(self)).to(w.dtype)
+            w_eff = hta_delta_weight(self, w, factors=take_handover(self, "_factors")).to(w.dtype)
         return F.linear(x, w_eff, self.base.bias)
 
     def extra_repr(self) -> str:
@@ -303,25 +295,13 @@ class HTAAdapter(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.training and self.impl == "lowrank":
             return h + hta_lowrank_branch(self.drop(autocast_input(h)), _own_factors(self))
-        w = _take_weight(self)  # ΔW from the prelude, else built here
+        w = take_handover(self, "_weight")  # ΔW from the prelude, else built here
         if w is None:
-            w = hta_delta_weight(self, factors=_take_factors(self)).to(h.dtype)
+            w = hta_delta_weight(self, factors=take_handover(self, "_factors")).to(h.dtype)
         return h + F.linear(self.drop(h), w)
 
     def extra_repr(self) -> str:
         return f"dim={self.n_in}, rank={self.rank}, dropout={self.dropout}, impl={self.impl}"
-
-
-def _take_factors(layer: nn.Module):
-    """The (L, R, d) the prelude built for this forward (used once, then dropped); None when the layer runs alone."""
-    factors, layer._factors = layer._factors, None
-    return factors
-
-
-def _take_weight(layer: nn.Module):
-    """The GEMM weight (W + ΔW or ΔW) the prelude built for this forward (used once, then dropped); else None."""
-    w, layer._weight = layer._weight, None
-    return w
 
 
 class HTAPrelude(nn.Module):
@@ -339,7 +319,7 @@ class HTAPrelude(nn.Module):
     the transient memory stays bounded at any model size.
     """
 
-    max_elements = 2**25
+    max_elements = PRELUDE_MAX_ELEMENTS
     # Whether the weights are batched too (else only the factors, each layer forming its own W + ΔW), by device
     # type ("default" for the rest), unless the method's ``batch_weights`` says. CPU (2 AMD EPYC cores, ViT-B/16,
     # batch 4, bf16, 2026-11-27): 603 ms per step with per-layer weights, 724 ms batched (a (48, 768, 768) batch
@@ -350,10 +330,9 @@ class HTAPrelude(nn.Module):
     def __init__(self, layers, batch_weights: bool | None = None):
         super().__init__()
         self.batch_weights = batch_weights
-        groups: dict[tuple, list] = {}
-        for layer in layers:
-            groups.setdefault((layer.n_in, layer.n_out, layer.rank), []).append(layer)
-        self.__dict__["groups"] = tuple(tuple(g) for g in groups.values())  # references, not submodules
+        self.__dict__["groups"] = prelude_batches(  # references, not submodules
+            layers, key=lambda m: (m.n_in, m.n_out, m.rank), entries=lambda m: m.n_in * m.n_out,
+            max_elements=self.max_elements)
 
     def forward(self) -> None:
         for group in self.groups:
@@ -364,16 +343,13 @@ class HTAPrelude(nn.Module):
             by_form: dict[str, list] = {}  # one form per group in practice (same class, mode and options)
             for layer in group:
                 by_form.setdefault(layer._prelude_form() if batch_weights else "factors", []).append(layer)
-            cap = max(1, self.max_elements // (group[0].n_in * group[0].n_out))
             for form, layers in by_form.items():
-                for i in range(0, len(layers), cap):
-                    chunk = layers[i:i + cap]
-                    if form == "factors":
-                        for layer, factors in zip(chunk, hta_factors_many(chunk)):
-                            layer._factors = factors
-                    else:
-                        for layer, w in zip(chunk, hta_weights_many(chunk, merged=form == "merged")):
-                            layer._weight = w
+                if form == "factors":
+                    for layer, factors in zip(layers, hta_factors_many(layers)):
+                        layer._factors = factors
+                else:
+                    for layer, w in zip(layers, hta_weights_many(layers, merged=form == "merged")):
+                        layer._weight = w
 
     def extra_repr(self) -> str:
         return ", ".join(f"{len(g)}× ({g[0].n_out}, {g[0].n_in}) rank {g[0].rank}" for g in self.groups) + \

@@ -37,8 +37,8 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .base import (LINEAR_NAMES, DeltaLinear, Method, autocast_input, check_int, check_rate, check_targets,
-                   dropout_layer, iter_linears, register)
+from .base import (LINEAR_NAMES, PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_input, check_int, check_rate,
+                   check_targets, dropout_layer, iter_linears, prelude_batches, register, take_handover)
 
 __all__ = ["ALPHA", "SNELL", "SNELLLinear", "SNELLPrelude", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify",
            "sparse_kernel", "quantile_threshold", "reference_kernel"]
@@ -178,13 +178,6 @@ def _checkpointed(enabled: bool, fn, x, A, B, alpha, sparsity, threshold=None):
     return fn(x, A, B, threshold)
 
 
-def _take_threshold(layer: nn.Module) -> torch.Tensor | None:
-    """The threshold :class:`SNELLPrelude` selected for this forward (used once, then dropped); None when the layer
-    runs alone (it then selects its own, same value)."""
-    t, layer._threshold = layer._threshold, None
-    return t
-
-
 def _branches(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float,
               threshold: torch.Tensor | None = None):
     """x·Kˢ_m for a batch of m same-shape kernels: x (..., n_in), A (m, 2, n_in, h), B (m, 2, n_out, h)."""
@@ -219,7 +212,7 @@ class SNELLLinear(DeltaLinear):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.regularised = dropout > 0 or drop_path > 0
         self.checkpoint = checkpoint
-        self._threshold = None  # this forward's t, handed over by SNELLPrelude
+        self._threshold = None  # this forward's t, handed over by SNELLPrelude (base.take_handover)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -252,12 +245,12 @@ class SNELLLinear(DeltaLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
             return _checkpointed(self.checkpoint, self._fused_forward, x, self.A, self.B, self.alpha, self.sparsity,
-                                 _take_threshold(self))
+                                 take_handover(self, "_threshold"))
         y = self.base(x)
         if self.shared_input:  # the branch arrives through attn.qkv_branch (one dropout draw for q, k and v)
             return y
         branch = _checkpointed(self.checkpoint, self._branch, autocast_input(x), self.A, self.B, self.alpha,
-                               self.sparsity, _take_threshold(self))
+                               self.sparsity, take_handover(self, "_threshold"))
         return y + self.drop_path(branch)
 
     def extra_repr(self) -> str:
@@ -287,7 +280,7 @@ class SNELLQKVBranch(nn.Module):
         first = live[0]
         A = torch.stack([lin.A for lin in live])  # (m, 2, D, r/2)
         B = torch.stack([lin.B for lin in live])  # (m, 2, D, r/2)
-        ts = [_take_threshold(lin) for lin in live]  # selected by the prelude, else below for the stack
+        ts = [take_handover(lin, "_threshold") for lin in live]  # selected by the prelude, else below for the stack
         t = None if any(ti is None for ti in ts) else torch.stack(ts)  # (m,)
         # one dropout draw of x (B, N, D) for q, k and v, made inside the checkpoint like the kernels
         branches = lambda x_, A_, B_, t: _branches(self.drop(x_), A_, B_, first.alpha, first.sparsity, t)  # noqa: E731
@@ -309,20 +302,15 @@ class SNELLPrelude(nn.Module):
     runs, before any activation is stored.
     """
 
-    max_elements = 2**25  # |K| entries per batch: bounds the prelude's transient memory at any model size
+    max_elements = PRELUDE_MAX_ELEMENTS  # |K| entries per batch
 
     def __init__(self, layers):
         super().__init__()
-        groups: dict[tuple, list] = {}
-        for lin in layers:
-            if lin.sparsity > 0:  # s = 0 (KLoRA) selects nothing
-                groups.setdefault((lin.in_features, lin.out_features, lin.A.shape[-1], lin.sparsity), []).append(lin)
-        batches = []
-        for g in groups.values():  # ViT-B/16: 48 + 12 + 12 layers in 3 batches; ViT-H/14's 128 q/k/v/proj in 7
-            cap = max(1, self.max_elements // (g[0].in_features * g[0].out_features))  # layers per batch at most
-            size = -(-len(g) // -(-len(g) // cap))  # as few batches as the cap allows, of near-equal size
-            batches += [tuple(g[i:i + size]) for i in range(0, len(g), size)]
-        self.__dict__["groups"] = tuple(batches)  # references, not submodules
+        # ViT-B/16: 48 + 12 + 12 layers in 3 batches; ViT-H/14's 128 q/k/v/proj in 7. s = 0 (KLoRA) selects nothing.
+        self.__dict__["groups"] = prelude_batches(  # references, not submodules
+            [lin for lin in layers if lin.sparsity > 0],
+            key=lambda lin: (lin.in_features, lin.out_features, lin.A.shape[-1], lin.sparsity),
+            entries=lambda lin: lin.in_features * lin.out_features, max_elements=self.max_elements)
 
     @torch.no_grad()
     def forward(self) -> None:
