@@ -397,7 +397,8 @@ def main(argv=None) -> int:
                         "'snell_nodrop' = SNELL with dropout and drop-path 0, 'hta_cfg' = HTA with the method "
                         "arguments of reproduce/configs/hta_vtab.yaml (used by --project), 'hta_lowrank' / "
                         "'hta_cfg_lowrank' = the same trained with impl='lowrank', 'hta[_cfg]_layer_weights' / "
-                        "'hta[_cfg]_batched_weights' = with batch_weights false / true")
+                        "'hta[_cfg]_batched_weights' = with batch_weights false / true, "
+                        "'snell[_nodrop]_layer_weights' / 'snell[_nodrop]_batched_weights' likewise")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per row")
@@ -432,7 +433,13 @@ def main(argv=None) -> int:
                "hta_layer_weights": ("hta", {"batch_weights": False}),
                "hta_cfg_layer_weights": ("hta", {**hta_cfg_args, "batch_weights": False}),
                "hta_batched_weights": ("hta", {"batch_weights": True}),
-               "hta_cfg_batched_weights": ("hta", {**hta_cfg_args, "batch_weights": True})}
+               "hta_cfg_batched_weights": ("hta", {**hta_cfg_args, "batch_weights": True}),
+               # SNELL with each layer building its kernel inside its checkpoint (the CPU's default), or the prelude
+               # building all of them in one batch per shape (CUDA's): SNELLPrelude.WEIGHTS_BY_DEVICE
+               "snell_layer_weights": ("snell", {"batch_weights": False}),
+               "snell_nodrop_layer_weights": ("snell", {"dropout": 0.0, "drop_path": 0.0, "batch_weights": False}),
+               "snell_batched_weights": ("snell", {"batch_weights": True}),
+               "snell_nodrop_batched_weights": ("snell", {"dropout": 0.0, "drop_path": 0.0, "batch_weights": True})}
     methods = [m for m in args.methods.split(",") if m]
     for m in methods:
         if m not in models.METHODS and m not in special:

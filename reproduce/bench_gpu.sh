@@ -2,7 +2,8 @@
 # One GPU session's performance run (docs/PERFORMANCE.md), prepared to fit a short device lease:
 #
 #   1. eager: every target row side by side (floor, full, ARC, ARC_att, HTA as benchmarked and as configured, each
-#      with impl merged and lowrank and with per-layer weights, LoRA, LoRA on all linears, SNELL, SNELL without dropout), the projection of
+#      with impl merged and lowrank and with per-layer weights, LoRA, LoRA on all linears, SNELL and SNELL without
+#      dropout, each with batched and per-layer kernels), the projection of
 #      householder_vtab.sh, train.py's evaluation loop timed on a cached split of the mean VTAB test-split size,
 #      SNELL's threshold strategies (--select) and the fast-path checks on the GPU (--check; exit 1 if one fails);
 #   2. CUDA graphs (--compile reduce-overhead), training rows only, under a time limit so step 1 always survives.
@@ -15,8 +16,8 @@
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-bench_out}")  # relative to where the script is called from
 cd "$(dirname "$0")/.."
-METHODS=${METHODS:-arc,arc_att,hta,hta_lowrank,hta_layer_weights,hta_cfg,hta_cfg_lowrank,hta_cfg_layer_weights,lora,lora_all,snell,snell_nodrop}
-COMPILED_METHODS=${COMPILED_METHODS:-arc,hta_cfg,hta_cfg_lowrank,lora,snell}
+METHODS=${METHODS:-arc,arc_att,hta,hta_lowrank,hta_layer_weights,hta_cfg,hta_cfg_lowrank,hta_cfg_layer_weights,lora,lora_all,snell,snell_layer_weights,snell_nodrop,snell_nodrop_layer_weights}
+COMPILED_METHODS=${COMPILED_METHODS:-lora_all,snell,snell_layer_weights,arc,hta_cfg,hta_cfg_lowrank,lora}
 COMPILE_LIMIT=${COMPILE_LIMIT:-240}
 COMMON=(--device "${DEVICE:-cuda}" --arch "${ARCH:-vit_base_patch16_224}" --img-size "${IMG_SIZE:-224}"
         --batch-size "${BATCH:-64}" --eval-batch-size "${EVAL_BATCH:-256}" --precision bf16

@@ -14,13 +14,14 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     out = tmp_path / "bench.json"
     code = bench.main(["--device", "cpu", "--arch", "vit_micro_patch8", "--img-size", "32", "--batch-size", "8",
                        "--eval-batch-size", "8", "--precision", "fp32", "--steps", "2", "--warmup", "1",
-                       "--methods", "hta,lora,snell_nodrop,adapter", "--project", "--select", "--check",
+                       "--methods", "hta,lora,snell_nodrop,snell_batched_weights,adapter", "--project", "--select",
+                       "--check",
                        "--eval-loop-images", "20", "--json", str(out)])
     assert code == 0
     rep = json.loads(out.read_text())
     assert "partial" not in rep  # the per-row snapshots are replaced by the full report
     rows = rep["rows"]
-    assert list(rows) == ["floor", "full", "hta", "lora", "snell_nodrop", "adapter"]
+    assert list(rows) == ["floor", "full", "hta", "lora", "snell_nodrop", "snell_batched_weights", "adapter"]
     assert rows["floor"]["x_floor"] == 1.0 and rows["full"]["x_full"] == 1.0
     for name, r in rows.items():
         assert r["img_per_s"] > 0 and abs(r["x_floor"] - r["img_per_s"] / rows["floor"]["img_per_s"]) < 1e-9
@@ -48,6 +49,7 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert set(verdicts) == {("training >= 0.85 x floor", "hta"), ("training >= 0.85 x floor", "lora"),
                              ("merged inference >= 0.97 x plain", "hta"), ("merged inference >= 0.97 x plain", "lora"),
                              ("merged inference >= 0.97 x plain", "snell_nodrop"),
+                             ("merged inference >= 0.97 x plain", "snell_batched_weights"),
                              ("evaluation loop >= 0.9 x plain", "hta"),
                              ("householder_vtab.sh projected <= 30 min", "hta")}
     hta_floor = verdicts[("training >= 0.85 x floor", "hta")]

@@ -510,3 +510,83 @@ def test_targets_subset_and_bad_arguments():
                       ({"targets": ("qkv",)}, "targets"), ({"dropout": 1.0}, "dropout")]:
         with pytest.raises(ValueError, match=match):
             _micro(**kw)
+
+
+# ------------------------------------------------------------------------------- batched kernels (batch_weights)
+
+
+@pytest.mark.parametrize("kw,train,autocast", [
+    ({}, True, False), ({}, True, True), ({"dropout": 0.0, "drop_path": 0.0}, True, False),
+    ({"dropout": 0.0, "drop_path": 0.0}, True, True), ({"checkpoint": False}, True, True),
+    ({"targets": ("q", "v", "fc2")}, True, False), ({}, False, False), ({}, False, True)])
+def test_batched_kernels_equal_each_layer_building_its_own(kw, train, autocast):
+    # batch_weights=True: the prelude builds Kˢ (branch path) or W + Kˢᵀ (one-GEMM path) for all layers of a shape
+    # under one checkpoint and hands them over; False: each layer builds its own inside its checkpoint. Same
+    # function: outputs and every gradient agree (regularised, fused, no checkpointing, a subset, eval; fp32 and
+    # bf16 autocast, where the handed-over kernels arrive in bf16 as the layers' own GEMMs would cast them).
+    torch.manual_seed(0)
+    m = _micro(batch_weights=True, **kw).train(train)
+    _big_factors(m)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        batched = _outputs_and_grads(m, x)
+        layers = [mod for mod in m.modules() if isinstance(mod, SNELLLinear)]
+        assert all(lin._weight is None and lin._kernel is None and lin._threshold is None for lin in layers)
+        m.prelude.batch_weights = False
+        alone = _outputs_and_grads(m, x)
+    assert not batched[0].isnan().any()
+    for a, b in zip(batched, alone):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("batch_weights,per_step", [(True, 3 * 3), (False, 3 + 2 * 8)])
+def test_batched_kernels_are_built_once_per_batch_and_rebuilt_once_in_backward(batch_weights, per_step, monkeypatch):
+    # vit_micro: 3 shape batches. Batched, each batch computes K three times per training step: the threshold
+    # selection, the build, and the checkpoint's one rebuild in backward. Per layer: the 3 selections, then each of
+    # the 8 checkpointed regions (q/k/v stack, proj, fc1, fc2 per block) builds and rebuilds its own.
+    calls = []
+    original = torch.cdist
+    monkeypatch.setattr(torch, "cdist", lambda *a, **k: calls.append(1) or original(*a, **k))
+    torch.manual_seed(0)
+    m = _micro(batch_weights=batch_weights).train()
+    m(torch.randn(2, 3, 32, 32)).square().sum().backward()
+    assert len(calls) == per_step
+    assert all(p.grad is not None for n, p in m.named_parameters() if n.endswith((".A", ".B")))
+
+
+@pytest.mark.parametrize("regularised", [True, False])
+def test_batched_kernels_keep_only_bf16_copies_for_backward(regularised):
+    # What the batched path costs in memory: the handed-over kernels (or W + Kˢᵀ) are kept for backward in the GEMM
+    # dtype, one copy per layer, and nothing of K's construction (distances, |K|, masks: fp32) is kept.
+    torch.manual_seed(0)
+    p = 0.1 if regularised else 0.0
+    m = _micro(batch_weights=True, dropout=p, drop_path=p).train()
+    shapes = {(64, 64), (64, 256), (256, 64)}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t.detach(), lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m(torch.randn(2, 3, 32, 32))
+    matrices = [t for t in saved if tuple(t.shape[-2:]) in shapes and t.dim() >= 2]
+    assert matrices and all(t.dtype == torch.bfloat16 for t in matrices), {(tuple(t.shape), t.dtype) for t in matrices}
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in matrices}
+    weights = sum(mod.weight.numel() for mod in m.modules() if isinstance(mod, SNELLLinear))
+    assert sum(storages.values()) <= 2 * 2 * weights  # bf16 kernels (or W + Kˢᵀ) and the frozen GEMMs' bf16 W
+
+
+def test_batched_kernels_compile_to_the_same_training_step():
+    torch.manual_seed(0)
+    m = _micro(batch_weights=True).train()
+    _big_factors(m)
+    x = torch.randn(3, 3, 32, 32)
+    eager = _outputs_and_grads(m, x)
+    compiled = torch.compile(m, backend="aot_eager")
+    for _ in range(2):
+        for a, b in zip(_outputs_and_grads(compiled, x), eager):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(lin._kernel is None for lin in m.modules() if isinstance(lin, SNELLLinear))
+
+
+def test_batch_weights_must_be_a_boolean_or_null():
+    with pytest.raises(ValueError, match="batch_weights must be true, false or null"):
+        _micro(batch_weights="yes")
+    assert _micro().prelude.batch_weights is None and _micro(batch_weights=False).prelude.batch_weights is False

@@ -19,6 +19,9 @@ Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version th
   sort on CUDA, chosen by ``bench.py --select``) with ``torch.quantile``'s own rank arithmetic and interpolation (:func:`quantile_threshold`);
 * all thresholds of a forward are selected together, one batch per matrix shape (:class:`SNELLPrelude` at
   ``model.prelude``: 3 selections per step on ViT-B/16 instead of 48), bit-identical to each layer's own;
+* optionally (``batch_weights``; default by device, ``SNELLPrelude.WEIGHTS_BY_DEVICE``) the prelude also builds the
+  kernels themselves as one batch per shape, Kˢ (or W + Kˢᵀ on the one-GEMM path) in the GEMM's dtype, under one
+  checkpoint per batch (:func:`snell_weights_many`), so a layer's forward is its GEMM(s) only;
 * when a branch is deterministic (eval mode, or dropout = drop_path = 0) the layer runs ONE GEMM with W + Kˢᵀ instead
   of a second, full-size branch GEMM;
 * the q, k, v kernels (same shape) are built and thresholded as one batch;
@@ -28,7 +31,9 @@ Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version th
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 
 import torch
@@ -37,11 +42,11 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .base import (LINEAR_NAMES, PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_input, check_int, check_rate,
-                   check_targets, dropout_layer, iter_linears, prelude_batches, register, take_handover)
+from .base import (LINEAR_NAMES, PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, check_int,
+                   check_rate, check_targets, dropout_layer, iter_linears, prelude_batches, register, take_handover)
 
 __all__ = ["ALPHA", "SNELL", "SNELLLinear", "SNELLPrelude", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify",
-           "sparse_kernel", "quantile_threshold", "reference_kernel"]
+           "sparse_kernel", "quantile_threshold", "reference_kernel", "snell_weights_many"]
 
 ALPHA = (0.1, -0.1)  # the fixed segment coefficients α of K (`shared_coeff_fc`, SNELL-D0)
 _QKV = ("q", "k", "v")
@@ -184,6 +189,34 @@ def _branches(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: torch.Te
     return tuple(x @ k for k in sparse_kernel(A, B, alpha, sparsity, threshold).unbind(0))
 
 
+def _full_precision(t: torch.Tensor):
+    """Autocast off on ``t``'s device (a no-op context on meta, where autocast does not exist)."""
+    return contextlib.nullcontext() if t.device.type == "meta" else torch.autocast(t.device.type, enabled=False)
+
+
+def snell_weights_many(layers, A: torch.Tensor, B: torch.Tensor, t: torch.Tensor | None, merged: bool) -> torch.Tensor:
+    """What the GEMMs of m same-shape :class:`SNELLLinear` layers need, built as one batch in fp32 and cast once to
+    the dtype the GEMM runs in (bf16 under bf16 autocast): Kˢ (m, n_in, n_out) for a branch ``x·Kˢ``, or, with
+    ``merged``, W + Kˢᵀ (m, n_out, n_in) for the one-GEMM path. A, B: the layers' stacked factors; t: their
+    thresholds (:func:`kernel_threshold` of A, B). The same values as each layer's own forward (tested)."""
+    first = layers[0]
+    dtype = autocast_dtype(first.base.weight)  # read before autocast is switched off below
+    with _full_precision(A):
+        k = sparse_kernel(A, B, first.alpha, first.sparsity, t)  # (m, n_in, n_out)
+        if merged:
+            k = torch.stack([lin.base.weight for lin in layers]).to(k.dtype) + k.transpose(-1, -2)  # W frozen
+    return k.to(dtype)
+
+
+def _checkpointed_branches(enabled: bool, drop: nn.Module, x: torch.Tensor, kernels) -> tuple:
+    """``Drop(x)·Kˢ`` for handed-over kernels (one dropout draw for all of them), under non-reentrant checkpointing
+    when gradients are recorded: the dropout mask and its output are recomputed in backward, not stored."""
+    fn = lambda x_, *ks: tuple(d @ k for d in (drop(x_),) for k in ks)  # noqa: E731
+    if enabled and torch.is_grad_enabled():
+        return _checkpoint(fn, x, *kernels, use_reentrant=False)
+    return fn(x, *kernels)
+
+
 # --------------------------------------------------------------------------------------------------------- modules
 
 
@@ -212,7 +245,9 @@ class SNELLLinear(DeltaLinear):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.regularised = dropout > 0 or drop_path > 0
         self.checkpoint = checkpoint
-        self._threshold = None  # this forward's t, handed over by SNELLPrelude (base.take_handover)
+        # this forward's share, handed over by SNELLPrelude (base.take_handover): the threshold t, or with
+        # batch_weights the GEMM's own weight W + Kˢᵀ (one-GEMM path) or kernel Kˢ (branch path)
+        self._threshold = self._weight = self._kernel = None
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -244,13 +279,20 @@ class SNELLLinear(DeltaLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
+            w = take_handover(self, "_weight")  # W + Kˢᵀ, built by the prelude
+            if w is not None:
+                return F.linear(x, w, self.base.bias)
             return _checkpointed(self.checkpoint, self._fused_forward, x, self.A, self.B, self.alpha, self.sparsity,
                                  take_handover(self, "_threshold"))
         y = self.base(x)
         if self.shared_input:  # the branch arrives through attn.qkv_branch (one dropout draw for q, k and v)
             return y
-        branch = _checkpointed(self.checkpoint, self._branch, autocast_input(x), self.A, self.B, self.alpha,
-                               self.sparsity, take_handover(self, "_threshold"))
+        k = take_handover(self, "_kernel")  # Kˢ, built by the prelude
+        if k is not None:
+            (branch,) = _checkpointed_branches(self.checkpoint, self.drop, autocast_input(x), (k,))
+        else:
+            branch = _checkpointed(self.checkpoint, self._branch, autocast_input(x), self.A, self.B, self.alpha,
+                                   self.sparsity, take_handover(self, "_threshold"))
         return y + self.drop_path(branch)
 
     def extra_repr(self) -> str:
@@ -277,6 +319,10 @@ class SNELLQKVBranch(nn.Module):
         live = [lin for lin in self.linears if lin is not None and not lin.fused]
         if not live:
             return None, None, None
+        kernels = [take_handover(lin, "_kernel") for lin in live]  # built by the prelude (batch_weights)
+        if all(k is not None for k in kernels):
+            outs = iter(_checkpointed_branches(self.checkpoint, self.drop, autocast_input(x), kernels))
+            return tuple(None if lin is None or lin.fused else lin.drop_path(next(outs)) for lin in self.linears)
         first = live[0]
         A = torch.stack([lin.A for lin in live])  # (m, 2, D, r/2)
         B = torch.stack([lin.B for lin in live])  # (m, 2, D, r/2)
@@ -297,32 +343,66 @@ class SNELLPrelude(nn.Module):
     three selections (48 q/k/v/proj, 12 fc1, 12 fc2), each over a (m, n_in·n_out) stack, which is the "select all
     thresholds of a step together" the performance issue asks for. The values are those each layer would select
     alone (same K, same :func:`quantile_threshold`; tested). Like ``HTAPrelude`` it owns nothing and references
-    the layers registered at their own places. Runs outside autograd; a batch holds at most ``max_elements``
-    |K| entries (128 MiB in fp32, a few times that while it is built and selected from), only while the prelude
-    runs, before any activation is stored.
+    the layers registered at their own places. The selection runs outside autograd; a batch holds at most
+    ``max_elements`` |K| entries (128 MiB in fp32, a few times that while it is built and selected from), only while
+    the prelude runs, before any activation is stored.
+
+    With ``batch_weights`` it also hands each layer the kernel its GEMM uses (:func:`snell_weights_many`: Kˢ for the
+    dropout branch, W + Kˢᵀ for the one-GEMM path), built for the whole batch under one non-reentrant checkpoint, so
+    backward rebuilds K and its masks once per batch rather than once per layer, and a layer's forward is its
+    GEMM(s) only (the branch dropout stays recomputed, inside each layer's own small checkpoint).
     """
 
     max_elements = PRELUDE_MAX_ELEMENTS  # |K| entries per batch
+    # Whether the prelude also builds the kernels (``batch_weights``), by device type ("default" for the rest),
+    # unless the method's ``batch_weights`` says. Batched, a training step keeps one Kˢ per layer in the GEMM
+    # dtype until backward (ViT-B/16, all six targets: 170 MB in bf16, batch-independent) instead of rebuilding it
+    # inside each layer's checkpoint. CUDA: batched, for an eager step bound by launching ops (ViT-B/16: 6,822 ops
+    # and 324 img/s per layer on the H200, 2026-11-27; HTA's batched weights ran 1.48× its per-layer ones there).
+    WEIGHTS_BY_DEVICE = {"cuda": True, "default": False}
 
-    def __init__(self, layers):
+    def __init__(self, layers, batch_weights: bool | None = None):
         super().__init__()
+        self.batch_weights = batch_weights
         # ViT-B/16: 48 + 12 + 12 layers in 3 batches; ViT-H/14's 128 q/k/v/proj in 7. s = 0 (KLoRA) selects nothing.
         self.__dict__["groups"] = prelude_batches(  # references, not submodules
             [lin for lin in layers if lin.sparsity > 0],
             key=lambda lin: (lin.in_features, lin.out_features, lin.A.shape[-1], lin.sparsity),
             entries=lambda lin: lin.in_features * lin.out_features, max_elements=self.max_elements)
 
-    @torch.no_grad()
     def forward(self) -> None:
         for group in self.groups:
             A = torch.stack([lin.A for lin in group])  # (m, 2, n_in, r/2)
             B = torch.stack([lin.B for lin in group])  # (m, 2, n_out, r/2)
-            t = kernel_threshold(A, B, group[0].alpha, group[0].sparsity)  # (m,)
-            for lin, ti in zip(group, t.unbind(0)):
-                lin._threshold = ti
+            t = kernel_threshold(A.detach(), B.detach(), group[0].alpha, group[0].sparsity)  # (m,)
+            if not self._batch_weights(group[0]):
+                for lin, ti in zip(group, t.unbind(0)):
+                    lin._threshold = ti
+                continue
+            by_form: dict[bool, list[int]] = {}  # one form per group in practice (same mode and options)
+            for i, lin in enumerate(group):
+                by_form.setdefault(lin.fused, []).append(i)
+            for fused, idx in by_form.items():
+                layers = [group[i] for i in idx]
+                a, b, ti = (A, B, t) if len(idx) == len(group) else (A[idx], B[idx], t[idx])
+                # bound now, not looked up: the checkpoint calls it again in backward, after this loop has moved on
+                build = functools.partial(snell_weights_many, layers, t=ti, merged=fused)
+                if layers[0].checkpoint and torch.is_grad_enabled():  # K, |K|, masks: rebuilt once per batch in backward
+                    w = _checkpoint(build, a, b, use_reentrant=False, preserve_rng_state=False)
+                else:
+                    w = build(a, b)
+                for lin, wi in zip(layers, w.unbind(0)):
+                    setattr(lin, "_weight" if fused else "_kernel", wi)
+
+    def _batch_weights(self, layer: SNELLLinear) -> bool:
+        if self.batch_weights is not None:
+            return self.batch_weights
+        dev = layer.A.device.type
+        return self.WEIGHTS_BY_DEVICE.get(dev, self.WEIGHTS_BY_DEVICE["default"])
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{len(g)}× ({g[0].out_features}, {g[0].in_features})" for g in self.groups)
+        return ", ".join(f"{len(g)}× ({g[0].out_features}, {g[0].in_features})" for g in self.groups) + \
+            f", batch_weights={self.batch_weights}"
 
 
 # ---------------------------------------------------------------------------------------------------------- method
@@ -348,12 +428,17 @@ class SNELL(Method):
     dropout: float = 0.1  # branch input dropout (`additional_drop`)
     drop_path: float = 0.1  # per-branch DropPath on the branch output
     checkpoint: bool = True  # non-reentrant activation checkpointing of kernel construction (SNELL-1)
+    # whether the prelude also builds every layer's kernel, one batch per shape (same function; a speed/memory
+    # choice, docs/PERFORMANCE.md); None: by device, SNELLPrelude.WEIGHTS_BY_DEVICE
+    batch_weights: bool | None = None
 
     def __post_init__(self):
         self.targets = check_targets(self.targets)
         check_int("snell", "rank", self.rank, minimum=2, note=" and even (two halves of r/2)")
         if self.rank % 2:
             raise ValueError(f"snell: rank must be an integer >= 2 and even (two halves of r/2), got {self.rank!r}")
+        if self.batch_weights not in (None, True, False):
+            raise ValueError(f"snell: batch_weights must be true, false or null (by device), got {self.batch_weights!r}")
         for name in ("sparsity", "dropout", "drop_path"):  # sparsity: the fraction of each |K| zeroed
             setattr(self, name, check_rate("snell", name, getattr(self, name)))
 
@@ -368,7 +453,7 @@ class SNELL(Method):
             if any(lin is not None for lin in qkv):
                 blk.attn.qkv_branch = SNELLQKVBranch(*qkv, dropout=self.dropout, checkpoint=self.checkpoint)
         if self.sparsity > 0:
-            model.prelude = SNELLPrelude([lin for *_, lin in iter_linears(model, self.targets)])
+            model.prelude = SNELLPrelude([lin for *_, lin in iter_linears(model, self.targets)], self.batch_weights)
 
     def merge(self, model: nn.Module) -> None:
         """W_eff = W₀ + Kˢᵀ per adapted linear, Kˢ computed exactly as in the eval forward (snell.md §6).
