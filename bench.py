@@ -42,6 +42,7 @@ import datetime as _dt
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -263,6 +264,7 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
     * every SNELL threshold strategy == ``torch.quantile`` exactly, on |K| of the arch's q/k/v shape;
     * HTA with the batched prelude (factors only; GEMM weights W + ΔW and ΔW) == the per-layer path (output and
       every gradient; same dropout masks);
+    * SNELL with the prelude building every kernel (``batch_weights``) == each layer building its own;
     * SNELL's batched thresholds (``SNELLPrelude``) == each layer's own selection;
     * SNELL with activation checkpointing == without (every gradient; same dropout and drop-path draws).
     """
@@ -295,7 +297,11 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
     out["hta_prelude_rel_err_by_form"] = errs
     out["hta_prelude_rel_err"] = max(errs.values())
     torch.manual_seed(0)
-    sn = models.create_model(args.arch, "snell", num_classes=10, img_size=args.img_size).to(device).train()
+    sn = models.create_model(args.arch, "snell", num_classes=10, img_size=args.img_size, batch_weights=True)
+    sn = sn.to(device).train()
+    batched = outputs_and_grads(sn)  # the prelude builds every kernel, one batch per shape
+    sn.prelude.batch_weights = False  # ... or only selects the thresholds, each layer building its own kernel
+    out["snell_batched_kernels_rel_err"] = max(map(_rel_err, batched, outputs_and_grads(sn)))
     with torch.no_grad():  # the prelude's batched thresholds == each layer's own selection (exact on the CPU)
         sn.prelude()
         layers = [lin for b in sn.prelude.groups for lin in b]
@@ -311,6 +317,22 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
     out["ok"] = all(v for k, v in out.items() if k.endswith("_exact")) and \
         all(v <= tol for k, v in out.items() if k.endswith("_rel_err"))
     return out
+
+
+def _checks(args, device) -> dict:
+    """:func:`device_checks` in true fp32, printed. A check that raises is reported as failed (``error``) and the
+    bench goes on: on a short device lease the rows still get measured."""
+    try:
+        with _true_fp32():
+            chk = device_checks(args, device)
+    except Exception as e:  # noqa: BLE001 - reported, and the exit status says it failed
+        traceback.print_exc()
+        chk = {"error": f"{type(e).__name__}: {e}", "ok": False}
+    fmt = lambda v: f"{v:.1e}" if isinstance(v, float) else (  # noqa: E731
+        "(" + ", ".join(f"{k} {x:.1e}" for k, x in v.items()) + ")" if isinstance(v, dict) else str(v))
+    print("fast paths vs references on this device (fp32, TF32 off): "
+          + ", ".join(f"{k} {fmt(v)}" for k, v in chk.items()), flush=True)
+    return chk
 
 
 HTA_VTAB_CONFIG = Path(__file__).resolve().parent / "reproduce" / "configs" / "hta_vtab.yaml"
@@ -452,6 +474,7 @@ def main(argv=None) -> int:
     dev_name = _device_name(device)
     # the one row whose evaluation loop is timed: what the projection reads, else the first method
     loop_row = next((m for m in ("hta_cfg", "hta") if m in methods), methods[0] if methods else "floor")
+    chk = _checks(args, device) if args.check else None  # first: a short device lease answers it before the rows
     rows: dict[str, dict] = {}
     for name in ["floor", "full", *methods]:
         method, kw = special.get(name, (name, {}))
@@ -468,7 +491,8 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()  # between rows only, so each row's peak memory is its own
         print(f"  measured {name}: {rows[name]['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
         if args.json:  # rows so far, so a run stopped by a time limit keeps what it measured
-            write_json(Path(args.json), {"partial": True, "device": dev_name, "args": vars(args), "rows": rows})
+            write_json(Path(args.json), {"partial": True, "device": dev_name, "args": vars(args), "rows": rows,
+                                         **({"checks": chk} if chk is not None else {})})
     floor, full, plain_inf = rows["floor"]["img_per_s"], rows["full"]["img_per_s"], rows["floor"].get("eval_img_per_s")
     for r in rows.values():
         r["x_floor"], r["x_full"] = r["img_per_s"] / floor, r["img_per_s"] / full
@@ -508,12 +532,8 @@ def main(argv=None) -> int:
                   f"training {pr['train_s'] / 60:.1f} min, {pr['eval_images']:,} test images evaluated "
                   f"({pr['eval_throughput']}); total {pr['total_min']:.1f} min; {pr['total_min_19_evals']:.1f} min "
                   "with 19 evaluations per task")
-    if args.check:
-        with _true_fp32():
-            report["checks"] = chk = device_checks(args, device)
-        fmt = lambda v: f"{v:.1e}" if isinstance(v, float) else (  # noqa: E731
-            "(" + ", ".join(f"{k} {x:.1e}" for k, x in v.items()) + ")" if isinstance(v, dict) else str(v))
-        print("\nfast paths vs references on this device: " + ", ".join(f"{k} {fmt(v)}" for k, v in chk.items()))
+    if chk is not None:
+        report["checks"] = chk
     if args.select:
         sel = bench_select(args, device)
         report["select_ms_per_step"], report["select_ms_per_step_unbatched"] = sel["batched"], sel["unbatched"]
@@ -528,7 +548,7 @@ def main(argv=None) -> int:
                   f"{v['value']:>8.2f} (limit {v['limit']:.2f})")
     if args.json:
         write_json(Path(args.json), report)
-    return 1 if args.check and not report["checks"]["ok"] else 0
+    return 1 if chk is not None and not chk["ok"] else 0
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert rep["checks"]["ok"] and rep["checks"]["select_topk_exact"] and rep["checks"]["hta_prelude_rel_err"] < 1e-4
     assert set(rep["checks"]["hta_prelude_rel_err_by_form"]) == {"factors", "delta", "merged"}
     assert rep["checks"]["snell_prelude_threshold_rel_err"] == 0.0  # the CPU selects bit-identical thresholds
+    assert rep["checks"]["snell_batched_kernels_rel_err"] < 1e-6
     # the projection follows configs/hta_vtab.yaml: 19 tasks × 100 epochs, the test split evaluated every epoch
     pr = rep["projection"]
     assert pr["eval_images"] == 100 * sum(bench.VTAB_TEST_SIZES.values()) == 38_790_400
@@ -123,3 +124,19 @@ def test_saved_bytes_measurement_keeps_nothing_alive():
     for _ in range(3):
         assert bench._saved_bytes(lambda: model(x)) > x.numel() * 4  # it does measure the activations
     assert _live_tensors() == before
+
+
+def test_a_failing_check_is_reported_and_the_rows_still_measured(tmp_path, monkeypatch, capsys):
+    # The GPU lease is short: a check that raises must not cost the run its rows (the H200 run of 2026-11-27 lost
+    # its check results to one), but the exit status and the JSON say it failed.
+    def broken(args, device):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(bench, "device_checks", broken)
+    out = tmp_path / "b.json"
+    code = bench.main(["--device", "cpu", "--arch", "vit_micro_patch8", "--img-size", "32", "--batch-size", "4",
+                       "--steps", "1", "--warmup", "0", "--methods", "lora", "--train-only", "--check",
+                       "--json", str(out)])
+    rep = json.loads(out.read_text())
+    assert code == 1 and rep["checks"] == {"error": "RuntimeError: boom", "ok": False}
+    assert list(rep["rows"]) == ["floor", "full", "lora"] and "RuntimeError: boom" in capsys.readouterr().err

@@ -15,8 +15,9 @@ made by :class:`SNELLQKVBranch` at ``attn.qkv_branch``, which references (does n
 Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version the tests compare against):
 
 * each threshold is selected once per step, outside autograd and outside the activation checkpoint (whose
-  backward recomputation rebuilds K and the mask, not the selection): two order statistics (top-k on the CPU, one
-  sort on CUDA, chosen by ``bench.py --select``) with ``torch.quantile``'s own rank arithmetic and interpolation (:func:`quantile_threshold`);
+  backward recomputation rebuilds K and the mask, not the selection): two order statistics by a radix-select top-k
+  (measured fastest on the CPU and on CUDA by ``bench.py --select``) with ``torch.quantile``'s own rank arithmetic
+  and interpolation (:func:`quantile_threshold`);
 * all thresholds of a forward are selected together, one batch per matrix shape (:class:`SNELLPrelude` at
   ``model.prelude``: 3 selections per step on ViT-B/16 instead of 48), bit-identical to each layer's own;
 * optionally (``batch_weights``; default by device, ``SNELLPrelude.WEIGHTS_BY_DEVICE``) the prelude also builds the
@@ -88,7 +89,7 @@ def _select_kthvalue(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tens
 def _select_sort(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
     """The same values from one sort. On CUDA ``kthvalue`` over a few very long rows (one 768×768 |K| per row) runs
     one thread block per row: SNELL trained at 44 img/s on an H200 that way (docs/PERFORMANCE.md), while a segmented
-    sort of the same rows is a few fast kernels."""
+    sort of the same rows is a few fast kernels (top-k is faster still there, ``SELECT_BY_DEVICE``)."""
     srt = a.sort(dim=-1).values
     return [srt[..., r] for r in ranks]
 
@@ -105,9 +106,11 @@ def _select_topk(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
 
 # Order-statistic strategies by device type ("default" for the rest); bench.py --select times each on the device.
 # CPU (2 AMD EPYC cores, ViT-B/16 shapes, ms per training step, 2026-11-27): topk 377, kthvalue 1,191, sort 6,381.
-# CUDA: sort until a GPU run of --select says otherwise (kthvalue was measured slow there: 1.46 s per step).
+# CUDA (H200, ViT-B/16, ms per training step, 2026-11-27): batched as SNELLPrelude runs it, topk 1.7, sort 6.1,
+# kthvalue 78.7; one selection per layer: sort 8.2, topk 11.6, kthvalue 702.3. So top-k everywhere; the table stays
+# so that a device where another strategy measures faster gets it without touching the callers.
 SELECTORS = {"kthvalue": _select_kthvalue, "sort": _select_sort, "topk": _select_topk}
-SELECT_BY_DEVICE = {"cuda": "sort", "default": "topk"}
+SELECT_BY_DEVICE = {"cuda": "topk", "default": "topk"}
 
 
 def quantile_threshold(a: torch.Tensor, q: float, select: str | None = None) -> torch.Tensor:
@@ -115,7 +118,7 @@ def quantile_threshold(a: torch.Tensor, q: float, select: str | None = None) -> 
 
     Bit-identical to ``torch.quantile`` for float32/float64 (same rank arithmetic, same ``lerp``), and free of its
     2²⁴-element limit (snell.md §3 "Size limit"). ``select`` names a strategy of ``SELECTORS``; by default
-    ``SELECT_BY_DEVICE`` (top-k on the CPU, one sort on CUDA; see ``_select_sort``).
+    ``SELECT_BY_DEVICE`` (top-k, measured fastest on the CPU and on CUDA).
     """
     lo, hi, w = _quantile_ranks(float(q), a.shape[-1], a.dtype)
     if select is None:
@@ -356,9 +359,10 @@ class SNELLPrelude(nn.Module):
     max_elements = PRELUDE_MAX_ELEMENTS  # |K| entries per batch
     # Whether the prelude also builds the kernels (``batch_weights``), by device type ("default" for the rest),
     # unless the method's ``batch_weights`` says. Batched, a training step keeps one Kˢ per layer in the GEMM
-    # dtype until backward (ViT-B/16, all six targets: 170 MB in bf16, batch-independent) instead of rebuilding it
-    # inside each layer's checkpoint. CUDA: batched, for an eager step bound by launching ops (ViT-B/16: 6,822 ops
-    # and 324 img/s per layer on the H200, 2026-11-27; HTA's batched weights ran 1.48× its per-layer ones there).
+    # dtype until backward (ViT-B/16, all six targets: 162 MiB in bf16, batch-independent) instead of rebuilding it
+    # inside each layer's checkpoint. CUDA: batched. H200, ViT-B/16, batch 64, bf16, 2026-11-27: 669 img/s batched
+    # vs 379 per layer (6,828 → 3,744 ops per step; without dropout 1,435 vs 294), peak 4.95 vs 4.82 GiB (LoRA on
+    # all linears 4.67). CPU: per layer (2 AMD EPYC cores, batch 4: 3.2 s per step per layer vs 5.4 batched).
     WEIGHTS_BY_DEVICE = {"cuda": True, "default": False}
 
     def __init__(self, layers, batch_weights: bool | None = None):
