@@ -493,6 +493,11 @@ def main(argv=None) -> int:
         if args.json:  # rows so far, so a run stopped by a time limit keeps what it measured
             write_json(Path(args.json), {"partial": True, "device": dev_name, "args": vars(args), "rows": rows,
                                          **({"checks": chk} if chk is not None else {})})
+    floor_again = None
+    if args.compile == "none" and methods:  # the floor once more, last: how far this run's speed drifted
+        model = build("floor", args, device)
+        floor_again = bench_train(model, args, device)["img_per_s"]
+        del model
     floor, full, plain_inf = rows["floor"]["img_per_s"], rows["full"]["img_per_s"], rows["floor"].get("eval_img_per_s")
     for r in rows.values():
         r["x_floor"], r["x_full"] = r["img_per_s"] / floor, r["img_per_s"] / full
@@ -522,8 +527,14 @@ def main(argv=None) -> int:
         print(f"\nevaluation loop as train.py runs it (row {loop_row}, {args.eval_loop_images:,} cached images, "
               f"{'merged' if OPTIONS['eval_merged'][0] and 'merged_img_per_s' in r else 'unmerged'}): "
               f"{r['eval_loop_img_per_s']:.0f} img/s = {r['eval_loop_x_plain']:.2f} × plain inference")
+    if floor_again is not None:
+        # Eager GPU steps are bound by the host issuing kernels, so a busy host slows whichever rows it overlaps:
+        # on the H200 the floor measured 2,554 img/s in one run and 2,996 in the next, LoRA 0.98× and 0.68× it.
+        print(f"\nfloor measured again after the last row: {floor_again:.1f} img/s "
+              f"({100 * (floor_again / floor - 1):+.1f} % from the first; ratios move by as much)")
     report = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": dev_name,
-              "torch": torch.__version__, "cuda": torch.version.cuda, "args": vars(args), "rows": rows}
+              "torch": torch.__version__, "cuda": torch.version.cuda, "args": vars(args), "rows": rows,
+              "floor_again_img_per_s": floor_again}
     if args.project:
         report["projection"] = projection(rows, args)
         if report["projection"]:

@@ -28,6 +28,7 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert "merged_img_per_s" in rows["hta"] and "merged_img_per_s" not in rows["adapter"]  # adapter can't merge
     assert rows["hta"]["params_no_head"] == 2 * 4 * (3 + 2) * 64  # 2 blocks × q,k,v,proj × (3 + 2r)·D
     assert rep["projection"]["train_s"] > 0 and rep["device"] and rep["torch"]
+    assert rep["floor_again_img_per_s"] > 0  # the floor measured once more at the end: the run's drift
     # device-independent columns: an adapter method dispatches more ops than the floor; activations are saved
     assert all(r["ops_per_step"] > rows["floor"]["ops_per_step"] for n, r in rows.items() if n != "floor")
     assert all(r["saved_mib"] > r["saved_mib_per_sample"] > 0 for r in rows.values())
