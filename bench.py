@@ -282,7 +282,7 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
         params = [p for p in model.parameters() if p.requires_grad]
         return [y.detach(), *torch.autograd.grad(y.square().sum(), params)]
 
-    errs = {}
+    errs, diag = {}, {}
     for form, kw in (("factors", {"dropout": 0.1, "batch_weights": False}),
                      ("delta", {"dropout": 0.1, "batch_weights": True}), ("merged", {"batch_weights": True})):
         torch.manual_seed(0)
@@ -293,8 +293,14 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
                     p.normal_(0, 0.2)
         batched = outputs_and_grads(hta)
         hta.prelude = None
-        errs[form] = max(map(_rel_err, batched, outputs_and_grads(hta)))
+        alone = outputs_and_grads(hta)
+        errs[form] = max(map(_rel_err, batched, alone))
+        # diagnostics: the output alone, and the per-layer path against itself (the device's own run-to-run
+        # noise, which this perturbed 12-block model amplifies about 25-fold: docs/PERFORMANCE.md, "Open")
+        diag[f"{form}_output"] = _rel_err(batched[0], alone[0])
+        diag[f"{form}_repeat"] = max(map(_rel_err, alone, outputs_and_grads(hta)))
     out["hta_prelude_rel_err_by_form"] = errs
+    out["hta_prelude_diagnostics"] = diag
     out["hta_prelude_rel_err"] = max(errs.values())
     torch.manual_seed(0)
     sn = models.create_model(args.arch, "snell", num_classes=10, img_size=args.img_size, batch_weights=True)

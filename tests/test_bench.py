@@ -35,6 +35,8 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert set(rep["select_ms_per_step"]) == set(rep["select_ms_per_step_unbatched"]) == {"kthvalue", "sort", "topk"}
     assert rep["checks"]["ok"] and rep["checks"]["select_topk_exact"] and rep["checks"]["hta_prelude_rel_err"] < 1e-4
     assert set(rep["checks"]["hta_prelude_rel_err_by_form"]) == {"factors", "delta", "merged"}
+    assert len(rep["checks"]["hta_prelude_diagnostics"]) == 6  # output and repeat per form
+    assert all(v < 1e-4 for v in rep["checks"]["hta_prelude_diagnostics"].values())
     assert rep["checks"]["snell_prelude_threshold_rel_err"] == 0.0  # the CPU selects bit-identical thresholds
     assert rep["checks"]["snell_batched_kernels_rel_err"] < 1e-6
     # the projection follows configs/hta_vtab.yaml: 19 tasks × 100 epochs, the test split evaluated every epoch
