@@ -7,6 +7,8 @@ modules to the hook points of ``models.vit`` and marks exactly its own extra tra
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 from typing import ClassVar, Iterator
 
@@ -87,6 +89,12 @@ def autocast_dtype(t: torch.Tensor) -> torch.dtype:
     if dev != "meta" and t.dtype != torch.float64 and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return t.dtype
+
+
+def full_precision(t: torch.Tensor):
+    """Autocast off on ``t``'s device, for per-step weights built in full precision under mixed precision (a no-op
+    context on meta, where autocast does not exist)."""
+    return contextlib.nullcontext() if t.device.type == "meta" else torch.autocast(t.device.type, enabled=False)
 
 
 def autocast_input(x: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,6 @@ variant of §3.4 (one square D×D HTA at the FFN output, h ← h + h·M, merged 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from typing import ClassVar
@@ -49,7 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, check_int, check_rate,
-                   check_targets, dropout_layer, iter_linears, merged_linear, prelude_batches, register, take_handover)
+                   check_targets, dropout_layer, full_precision, iter_linears, merged_linear, prelude_batches, register,
+                   take_handover)
 
 __all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many", "hta_weights_many",
            "hta_lowrank_branch", "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
@@ -133,7 +133,7 @@ def hta_delta_weight(module: nn.Module, base: torch.Tensor | None = None, factor
     Autocast is switched off here, so the update is built in full precision under mixed precision (§3.3). No
     graph breaks: ``torch.compile`` can fuse the many small ops (tested with ``torch._dynamo.explain``).
     """
-    with _full_precision(module.v_left):
+    with full_precision(module.v_left):
         left, right, d = hta_factors(module) if factors is None else factors
         w = left @ right if base is None else torch.addmm(base.to(left.dtype), left, right)
         w.diagonal().add_(d)  # + M0: the rectangular diagonal (first k entries)
@@ -144,7 +144,7 @@ def _stacked_factors(mods) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L, R, d) of several HTA modules of one shape and rank as ONE batch, (m, n_out, 2 + r), (m, 2 + r, n_in),
     (m, k), from their stacked parameters (gradients reach each module's own through the stack). Autocast off."""
     stack = lambda name: None if getattr(mods[0], name) is None else torch.stack([getattr(m, name) for m in mods])
-    with _full_precision(mods[0].v_left):
+    with full_precision(mods[0].v_left):
         return hta_factors_batched(stack("v_left"), stack("v_right"), stack("d"), stack("up"), stack("down"))
 
 
@@ -164,7 +164,7 @@ def hta_weights_many(modules, merged: bool) -> list[torch.Tensor]:
     with its weight handed over; in backward the layers' weight gradients come back as one batch too."""
     mods = list(modules)
     left, right, d = _stacked_factors(mods)
-    with _full_precision(mods[0].v_left):
+    with full_precision(mods[0].v_left):
         if merged:
             base = torch.stack([m.base.weight for m in mods]).to(left.dtype)  # (m, n_out, n_in), frozen
             w = torch.baddbmm(base, left, right)
@@ -174,10 +174,6 @@ def hta_weights_many(modules, merged: bool) -> list[torch.Tensor]:
     ref = mods[0].base.weight if merged else mods[0].v_left
     return list(w.to(autocast_dtype(ref)).unbind(0))
 
-
-def _full_precision(t: torch.Tensor):
-    """Autocast off on ``t``'s device (a no-op context on meta, where autocast does not exist)."""
-    return contextlib.nullcontext() if t.device.type == "meta" else torch.autocast(t.device.type, enabled=False)
 
 
 def hta_lowrank_branch(z: torch.Tensor, factors) -> torch.Tensor:
@@ -200,7 +196,7 @@ def _own_factors(layer: nn.Module):
     """The factors the prelude handed over for this forward, else built here (autocast off)."""
     factors = take_handover(layer, "_factors")
     if factors is None:
-        with _full_precision(layer.v_left):
+        with full_precision(layer.v_left):
             factors = hta_factors(layer)
     return factors
 

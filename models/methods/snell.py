@@ -32,7 +32,6 @@ Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version th
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -44,7 +43,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .base import (LINEAR_NAMES, PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, check_int,
-                   check_rate, check_targets, dropout_layer, iter_linears, prelude_batches, register, take_handover)
+                   check_rate, check_targets, dropout_layer, full_precision, iter_linears, prelude_batches, register,
+                   take_handover)
 
 __all__ = ["ALPHA", "SNELL", "SNELLLinear", "SNELLPrelude", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify",
            "sparse_kernel", "quantile_threshold", "reference_kernel", "snell_weights_many"]
@@ -192,10 +192,6 @@ def _branches(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: torch.Te
     return tuple(x @ k for k in sparse_kernel(A, B, alpha, sparsity, threshold).unbind(0))
 
 
-def _full_precision(t: torch.Tensor):
-    """Autocast off on ``t``'s device (a no-op context on meta, where autocast does not exist)."""
-    return contextlib.nullcontext() if t.device.type == "meta" else torch.autocast(t.device.type, enabled=False)
-
 
 def snell_weights_many(layers, A: torch.Tensor, B: torch.Tensor, t: torch.Tensor | None, merged: bool) -> torch.Tensor:
     """What the GEMMs of m same-shape :class:`SNELLLinear` layers need, built as one batch in fp32 and cast once to
@@ -204,7 +200,7 @@ def snell_weights_many(layers, A: torch.Tensor, B: torch.Tensor, t: torch.Tensor
     thresholds (:func:`kernel_threshold` of A, B). The same values as each layer's own forward (tested)."""
     first = layers[0]
     dtype = autocast_dtype(first.base.weight)  # read before autocast is switched off below
-    with _full_precision(A):
+    with full_precision(A):
         k = sparse_kernel(A, B, first.alpha, first.sparsity, t)  # (m, n_in, n_out)
         if merged:
             k = torch.stack([lin.base.weight for lin in layers]).to(k.dtype) + k.transpose(-1, -2)  # W frozen
@@ -391,7 +387,7 @@ class SNELLPrelude(nn.Module):
                 a, b, ti = (A, B, t) if len(idx) == len(group) else (A[idx], B[idx], t[idx])
                 # bound now, not looked up: the checkpoint calls it again in backward, after this loop has moved on
                 build = functools.partial(snell_weights_many, layers, t=ti, merged=fused)
-                if layers[0].checkpoint and torch.is_grad_enabled():  # K, |K|, masks: rebuilt once per batch in backward
+                if layers[0].checkpoint and torch.is_grad_enabled():  # K, |K|, masks: rebuilt in backward, once
                     w = _checkpoint(build, a, b, use_reentrant=False, preserve_rng_state=False)
                 else:
                     w = build(a, b)
@@ -442,7 +438,8 @@ class SNELL(Method):
         if self.rank % 2:
             raise ValueError(f"snell: rank must be an integer >= 2 and even (two halves of r/2), got {self.rank!r}")
         if self.batch_weights not in (None, True, False):
-            raise ValueError(f"snell: batch_weights must be true, false or null (by device), got {self.batch_weights!r}")
+            raise ValueError("snell: batch_weights must be true, false or null (by device), "
+                             f"got {self.batch_weights!r}")
         for name in ("sparsity", "dropout", "drop_path"):  # sparsity: the fraction of each |K| zeroed
             setattr(self, name, check_rate("snell", name, getattr(self, name)))
 
