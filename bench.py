@@ -246,9 +246,10 @@ def _rel_err(a, b) -> float:
 
 @contextlib.contextmanager
 def _true_fp32():
-    """TF32 off for CUDA matmuls and convolutions while inside (bench's training rows turn it on). With TF32 a GEMM
-    keeps 10 mantissa bits, so two exact rearrangements of one computation (W·x + ΔW·x vs (W + ΔW)·x) can differ far
-    beyond an fp32 tolerance (the HTA prelude check measured 0.16 with TF32 on, H200, 2026-11-27)."""
+    """TF32 off for CUDA matmuls and convolutions while inside (bench's training rows turn it on). A TF32 GEMM keeps
+    10 mantissa bits, far coarser than the checks' fp32 tolerance: two exact rearrangements of one computation would
+    differ by rounding alone (with TF32 on, the HTA prelude check read 0.16 on an H200, 2026-11-27; its cause is
+    still open, docs/PERFORMANCE.md)."""
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:

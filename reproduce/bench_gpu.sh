@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One GPU session's performance run (docs/PERFORMANCE.md), prepared to fit a short device lease:
 #
-#   1. eager: every target row side by side (floor, full, ARC, ARC_att, HTA as benchmarked and as configured, each
-#      with impl merged and lowrank and with per-layer weights, LoRA, LoRA on all linears, SNELL and SNELL without
-#      dropout, each with batched and per-layer kernels), the projection of
+#   1. eager: the fast-path checks on the GPU first (--check, fp32 with TF32 off; exit 1 if one fails, the rows
+#      are measured all the same), then every target row side by side (floor, full, ARC, ARC_att, HTA as
+#      benchmarked and as configured, each with impl merged and lowrank and with per-layer weights, LoRA, LoRA on
+#      all linears, SNELL and SNELL without dropout, each with batched and per-layer kernels), the projection of
 #      householder_vtab.sh, train.py's evaluation loop timed on a cached split of the mean VTAB test-split size,
-#      SNELL's threshold strategies (--select) and the fast-path checks on the GPU (--check; exit 1 if one fails);
+#      SNELL's threshold strategies (--select) and the floor once more (the run's drift);
 #   2. CUDA graphs (--compile reduce-overhead), training rows only, under a time limit so step 1 always survives.
 #
 # Usage:  OUT=/some/dir bash reproduce/bench_gpu.sh        (default OUT: ./bench_out, from the calling directory)

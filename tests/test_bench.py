@@ -15,8 +15,7 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     code = bench.main(["--device", "cpu", "--arch", "vit_micro_patch8", "--img-size", "32", "--batch-size", "8",
                        "--eval-batch-size", "8", "--precision", "fp32", "--steps", "2", "--warmup", "1",
                        "--methods", "hta,lora,snell_nodrop,snell_batched_weights,adapter", "--project", "--select",
-                       "--check",
-                       "--eval-loop-images", "20", "--json", str(out)])
+                       "--check", "--eval-loop-images", "20", "--json", str(out)])
     assert code == 0
     rep = json.loads(out.read_text())
     assert "partial" not in rep  # the per-row snapshots are replaced by the full report
