@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import models
+from models.methods import hta as _hta
+from models.methods.base import take_handover
 from models.methods import snell as _snell
 from models.vit import ARCHS
 from train import OPTIONS, eval_epochs, eval_network, evaluate, write_json
@@ -292,12 +294,14 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
             for n, p in hta.named_parameters():
                 if n.endswith((".d", ".up")) or n.startswith("head."):
                     p.normal_(0, 0.2)
+        diag[f"{form}_handover"] = _hta_handover_rel_err(hta)
         batched = outputs_and_grads(hta)
         hta.prelude = None
         alone = outputs_and_grads(hta)
         errs[form] = max(map(_rel_err, batched, alone))
-        # diagnostics: the output alone, and the per-layer path against itself (the device's own run-to-run
-        # noise, which this perturbed 12-block model amplifies about 25-fold: docs/PERFORMANCE.md, "Open")
+        # diagnostics: what the prelude hands each layer against what the layer builds itself (no network in
+        # between to amplify a difference), the output alone, and the per-layer path against itself (the device's
+        # own run-to-run noise, which this perturbed 12-block model amplifies about 25-fold: docs/PERFORMANCE.md)
         diag[f"{form}_output"] = _rel_err(batched[0], alone[0])
         diag[f"{form}_repeat"] = max(map(_rel_err, alone, outputs_and_grads(hta)))
     out["hta_prelude_rel_err_by_form"] = errs
@@ -324,6 +328,24 @@ def device_checks(args, device, tol: float = 1e-4) -> dict:
     out["ok"] = all(v for k, v in out.items() if k.endswith("_exact")) and \
         all(v <= tol for k, v in out.items() if k.endswith("_rel_err"))
     return out
+
+
+@torch.no_grad()
+def _hta_handover_rel_err(model) -> float:
+    """Max relative error between what ``model.prelude`` hands each HTA layer (factors, ΔW or W + ΔW) and what that
+    layer builds on its own; the slots are emptied again."""
+    model.prelude()
+    errs = []
+    for layer in model.modules():
+        if isinstance(layer, _hta.HTALinear):
+            w, factors = take_handover(layer, "_weight"), take_handover(layer, "_factors")
+            if factors is not None:
+                errs += map(_rel_err, factors, _hta.hta_factors(layer))
+            elif layer._prelude_form() == "merged":
+                errs.append(_rel_err(w, _hta.hta_delta_weight(layer, layer.base.weight).to(w.dtype)))
+            else:
+                errs.append(_rel_err(w, _hta.hta_delta_weight(layer).to(w.dtype)))
+    return max(errs)
 
 
 def _checks(args, device) -> dict:

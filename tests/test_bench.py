@@ -34,7 +34,7 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert set(rep["select_ms_per_step"]) == set(rep["select_ms_per_step_unbatched"]) == {"kthvalue", "sort", "topk"}
     assert rep["checks"]["ok"] and rep["checks"]["select_topk_exact"] and rep["checks"]["hta_prelude_rel_err"] < 1e-4
     assert set(rep["checks"]["hta_prelude_rel_err_by_form"]) == {"factors", "delta", "merged"}
-    assert len(rep["checks"]["hta_prelude_diagnostics"]) == 6  # output and repeat per form
+    assert len(rep["checks"]["hta_prelude_diagnostics"]) == 9  # hand-over, output and repeat per form
     assert all(v < 1e-4 for v in rep["checks"]["hta_prelude_diagnostics"].values())
     assert rep["checks"]["snell_prelude_threshold_rel_err"] == 0.0  # the CPU selects bit-identical thresholds
     assert rep["checks"]["snell_batched_kernels_rel_err"] < 1e-6
@@ -142,3 +142,20 @@ def test_a_failing_check_is_reported_and_the_rows_still_measured(tmp_path, monke
     rep = json.loads(out.read_text())
     assert code == 1 and rep["checks"] == {"error": "RuntimeError: boom", "ok": False}
     assert list(rep["rows"]) == ["floor", "full", "lora"] and "RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_hta_handover_check_sees_a_wrong_batched_weight(monkeypatch):
+    # --check's per-layer comparison of what the HTA prelude hands over (no network between to amplify noise):
+    # zero when the batch equals each layer's own build, and it sees a 1 % error in one batch.
+    from models.methods import hta
+
+    torch.manual_seed(0)
+    m = models.create_model("vit_micro_patch8", "hta", num_classes=5, img_size=32, batch_weights=True).train()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith((".d", ".up")):
+                p.normal_(0, 0.2)
+    assert bench._hta_handover_rel_err(m) < 1e-6
+    original = hta.hta_weights_many
+    monkeypatch.setattr(hta, "hta_weights_many", lambda mods, merged: [w * 1.01 for w in original(mods, merged)])
+    assert bench._hta_handover_rel_err(m) > 5e-3
