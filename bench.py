@@ -126,7 +126,32 @@ def _saved_bytes(fn) -> int:
     return sum(seen.values())
 
 
-def bench_train(model, args, device) -> dict:
+def _profile(step, device: torch.device, steps: int = 3, top: int = 8) -> dict:
+    """Where a training step's time goes, from ``torch.profiler`` over ``steps`` more steps: wall ms per step (the
+    profiler adds host overhead of its own), host ms per step inside ATen ops (self CPU time), device-busy ms per step
+    (the kernels' self time; None on the CPU) and the ``top`` ops by device time (by host time on the CPU). A step
+    whose device is busy for a small part of its wall time is bound by the host issuing kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        wall = (time.perf_counter() - t0) / steps
+    events = prof.key_averages()
+    dev = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
+    key = dev if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    return {"steps": steps, "wall_ms": wall * 1e3,
+            "host_ms": sum(e.self_cpu_time_total for e in events) / steps / 1e3,
+            "device_ms": sum(map(dev, events)) / steps / 1e3 if device.type == "cuda" else None,
+            "top": [{"op": e.key, "calls": e.count / steps, "ms": key(e) / steps / 1e3}
+                    for e in sorted(events, key=key, reverse=True)[:top]]}
+
+
+def bench_train(model, args, device, profile: bool = False) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, fused=device.type == "cuda")  # as train.py
     net = _compiled(model, args)
@@ -150,6 +175,11 @@ def bench_train(model, args, device) -> dict:
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     out = {"img_per_s": args.batch_size / dt, "ms_per_step": dt * 1e3, "peak_mem_gib": peak,
            "params": models.count_parameters(model), "params_no_head": models.count_parameters(model, head=False)}
+    if profile:
+        try:
+            out["profile"] = _profile(step, device)
+        except Exception as e:  # noqa: BLE001 - a profiler failure must not cost a short device lease its rows
+            out["profile"] = {"error": f"{type(e).__name__}: {e}"}
     if args.compile == "none":  # untimed: one step under an op counter, one forward under saved-tensor hooks
         with OpCounter() as counter:  # the optimizer is left out: fused AdamW on CUDA is a few kernels in all
             forward_backward()
@@ -463,6 +493,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-loop-images", type=int, default=round(sum(VTAB_TEST_SIZES.values()) / len(VTAB_TEST_SIZES)),
                    help="images per timed evaluation loop (default: the mean VTAB-1k test split); the loop is timed "
                         "for one row: the projection's HTA row, else the first method")
+    p.add_argument("--profile", default="", help="comma-separated rows to profile for 3 more training steps "
+                                                   "(host vs device time per step, top ops), e.g. arc,snell")
     p.add_argument("--check", action="store_true", help="also check the fast paths against their references on "
                                                           "this device (results in the JSON; exit 1 if one fails)")
     args = p.parse_args(argv)
@@ -492,6 +524,11 @@ def main(argv=None) -> int:
                "snell_batched_weights": ("snell", {"batch_weights": True}),
                "snell_nodrop_batched_weights": ("snell", {"dropout": 0.0, "drop_path": 0.0, "batch_weights": True})}
     methods = [m for m in args.methods.split(",") if m]
+    profiled = {m for m in args.profile.split(",") if m}
+    if profiled - {"floor", "full", *methods}:
+        print(f"error: --profile: {', '.join(sorted(profiled - {'floor', 'full', *methods}))} not among the rows "
+              f"(floor, full and --methods)", file=sys.stderr)
+        return 2
     for m in methods:
         if m not in models.METHODS and m not in special:
             print(f"error: --methods: unknown method {m!r}; known: {', '.join(sorted([*models.METHODS, *special]))}",
@@ -508,7 +545,7 @@ def main(argv=None) -> int:
     for name in ["floor", "full", *methods]:
         method, kw = special.get(name, (name, {}))
         model = build(method, args, device, **kw)
-        rows[name] = bench_train(model, args, device)
+        rows[name] = bench_train(model, args, device, profile=name in profiled)
         if not args.train_only and name != "full":  # floor: the plain ViT's inference, the reference of ×plain
             rows[name]["eval_img_per_s"] = bench_infer(model, args, device)
             if name != "floor" and model.method.mergeable:
@@ -556,6 +593,16 @@ def main(argv=None) -> int:
         print(f"\nevaluation loop as train.py runs it (row {loop_row}, {args.eval_loop_images:,} cached images, "
               f"{'merged' if OPTIONS['eval_merged'][0] and 'merged_img_per_s' in r else 'unmerged'}): "
               f"{r['eval_loop_img_per_s']:.0f} img/s = {r['eval_loop_x_plain']:.2f} × plain inference")
+    for name, r in rows.items():
+        pr = r.get("profile")
+        if pr and "error" not in pr:
+            busy = (f", device busy {pr['device_ms']:.1f} ms ({100 * pr['device_ms'] / pr['wall_ms']:.0f} %)"
+                    if pr["device_ms"] is not None else "")
+            print(f"\nprofile {name}: {pr['wall_ms']:.1f} ms per step under the profiler, host in ops "
+                  f"{pr['host_ms']:.1f} ms{busy}; top ops by {'device' if busy else 'host'} time: "
+                  + ", ".join(f"{t['op']} {t['ms']:.2f} ms ({t['calls']:g}×)" for t in pr["top"]))
+        elif pr:
+            print(f"\nprofile {name}: {pr['error']}")
     if floor_again is not None:
         # Eager GPU steps are bound by the host issuing kernels, so a busy host slows whichever rows it overlaps:
         # on the H200 the floor measured 2,554 img/s in one run and 2,996 in the next, LoRA 0.98× and 0.68× it.

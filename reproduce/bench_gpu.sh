@@ -6,11 +6,12 @@
 #      benchmarked and as configured, each with impl merged and lowrank and with per-layer weights, LoRA, LoRA on
 #      all linears, SNELL and SNELL without dropout, each with batched and per-layer kernels), the projection of
 #      householder_vtab.sh, train.py's evaluation loop timed on a cached split of the mean VTAB test-split size,
-#      SNELL's threshold strategies (--select) and the floor once more (the run's drift);
+#      SNELL's threshold strategies (--select), a profile of a few rows (--profile: host vs device time per step)
+#      and the floor once more (the run's drift);
 #   2. CUDA graphs (--compile reduce-overhead), training rows only, under a time limit so step 1 always survives.
 #
 # Usage:  OUT=/some/dir bash reproduce/bench_gpu.sh        (default OUT: ./bench_out, from the calling directory)
-#         COMPILE_LIMIT=240 METHODS=... COMPILED_METHODS=...  to change what runs
+#         COMPILE_LIMIT=240 METHODS=... COMPILED_METHODS=... PROFILE=...  to change what runs
 #         DEVICE=cpu ARCH=vit_micro_patch8 IMG_SIZE=32 BATCH=8 STEPS=2 WARMUP=1 EVAL_LOOP_IMAGES=16
 #                                                                   a seconds-long smoke run (tests)
 # Writes: $OUT/eager.{json,txt}, $OUT/compiled.{json,txt}, $OUT/env.txt
@@ -20,6 +21,11 @@ cd "$(dirname "$0")/.."
 METHODS=${METHODS:-arc,arc_att,hta,hta_lowrank,hta_layer_weights,hta_cfg,hta_cfg_lowrank,hta_cfg_layer_weights,lora,lora_all,snell,snell_layer_weights,snell_nodrop,snell_nodrop_layer_weights}
 COMPILED_METHODS=${COMPILED_METHODS:-lora_all,snell,snell_layer_weights,arc,hta_cfg,hta_cfg_lowrank,lora}
 COMPILE_LIMIT=${COMPILE_LIMIT:-240}
+# rows profiled for 3 more steps (host vs device time per step, top ops); PROFILE= for none
+PROFILE=${PROFILE-floor,arc,hta_cfg,lora,snell}
+keep=(); IFS=, read -ra want <<< "$PROFILE"
+for r in "${want[@]}"; do [[ ",floor,full,$METHODS," == *",$r,"* ]] && keep+=("$r"); done
+PROFILE=$(IFS=,; echo "${keep[*]:-}")  # only rows this run measures
 COMMON=(--device "${DEVICE:-cuda}" --arch "${ARCH:-vit_base_patch16_224}" --img-size "${IMG_SIZE:-224}"
         --batch-size "${BATCH:-64}" --eval-batch-size "${EVAL_BATCH:-256}" --precision bf16
         --steps "${STEPS:-15}" --warmup "${WARMUP:-5}")
@@ -31,7 +37,8 @@ mkdir -p "$OUT"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-python bench.py "${COMMON[@]}" --methods "$METHODS" --project --select --check --json "$OUT/eager.json" \
+python bench.py "${COMMON[@]}" --methods "$METHODS" --project --select --check --profile "$PROFILE" \
+    --json "$OUT/eager.json" \
     2>&1 | tee "$OUT/eager.txt"
 eager=${PIPESTATUS[0]}
 

@@ -15,7 +15,7 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     code = bench.main(["--device", "cpu", "--arch", "vit_micro_patch8", "--img-size", "32", "--batch-size", "8",
                        "--eval-batch-size", "8", "--precision", "fp32", "--steps", "2", "--warmup", "1",
                        "--methods", "hta,lora,snell_nodrop,snell_batched_weights,adapter", "--project", "--select",
-                       "--check", "--eval-loop-images", "20", "--json", str(out)])
+                       "--check", "--eval-loop-images", "20", "--profile", "hta", "--json", str(out)])
     assert code == 0
     rep = json.loads(out.read_text())
     assert "partial" not in rep  # the per-row snapshots are replaced by the full report
@@ -28,6 +28,10 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert rows["hta"]["params_no_head"] == 2 * 4 * (3 + 2) * 64  # 2 blocks × q,k,v,proj × (3 + 2r)·D
     assert rep["projection"]["train_s"] > 0 and rep["device"] and rep["torch"]
     assert rep["floor_again_img_per_s"] > 0  # the floor measured once more at the end: the run's drift
+    prof = rows["hta"]["profile"]  # only the row asked for; on the CPU no device time, top ops by host time
+    assert [n for n, r in rows.items() if "profile" in r] == ["hta"] and prof["device_ms"] is None
+    assert prof["wall_ms"] > 0 and 0 < prof["host_ms"] and len(prof["top"]) == 8
+    assert any(t["op"] == "aten::mm" or t["op"] == "aten::addmm" for t in prof["top"])
     # device-independent columns: an adapter method dispatches more ops than the floor; activations are saved
     assert all(r["ops_per_step"] > rows["floor"]["ops_per_step"] for n, r in rows.items() if n != "floor")
     assert all(r["saved_mib"] > r["saved_mib_per_sample"] > 0 for r in rows.values())
@@ -77,6 +81,11 @@ def test_target_verdicts_compare_each_measurement_with_its_limit():
                    ("householder_vtab.sh projected <= 30 min", "hta"): True}
 
 
+def test_profiling_a_row_that_is_not_measured_is_refused(capsys):
+    assert bench.main(["--device", "cpu", "--arch", "vit_micro_patch8", "--methods", "lora", "--profile", "arc"]) == 2
+    assert "--profile: arc not among the rows" in capsys.readouterr().err
+
+
 def test_unknown_method_is_refused(capsys):
     assert bench.main(["--device", "cpu", "--methods", "hta,nope"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
@@ -101,6 +110,8 @@ def test_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rep = json.loads((tmp_path / "out" / "eager.json").read_text())
     assert list(rep["rows"]) == ["floor", "full", "hta", "snell"] and rep["checks"]["ok"]
+    # the default profile list, cut to the rows this run measures
+    assert [n for n, r in rep["rows"].items() if "profile" in r] == ["floor", "snell"]
     assert rep["args"]["eval_loop_images"] == 16 and rep["rows"]["hta"]["eval_loop_img_per_s"] > 0
     assert rep["projection"]["total_min"] > 0 and set(rep["select_ms_per_step"]) == {"kthvalue", "sort", "topk"}
     # cut by COMPILE_LIMIT (124) on any machine where importing torch alone takes a second; 0 if it ever finished
