@@ -8,7 +8,6 @@ modules to the hook points of ``models.vit`` and marks exactly its own extra tra
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
 from typing import ClassVar, Iterator
 
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 __all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "WrappedLinear", "DeltaLinear",
-           "merged_linear", "check_targets", "check_int", "check_rate", "dropout_layer", "autocast_dtype",
+           "merged_linear", "check_targets", "check_int", "check_rate", "check_auto_flag", "by_device", "dropout_layer", "autocast_dtype",
            "autocast_input", "prelude_batches", "take_handover", "PRELUDE_MAX_ELEMENTS"]
 
 METHODS: dict[str, type["Method"]] = {}
@@ -75,6 +74,19 @@ def check_rate(method: str, name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{method}: {name} must be in [0, 1), got {value!r}")
     return float(value)
+
+
+def check_auto_flag(method: str, name: str, value) -> bool | None:
+    """``value`` if it is true, false or None (None: decided by device, :func:`by_device`); else ValueError."""
+    if value not in (None, True, False):
+        raise ValueError(f"{method}: {name} must be true, false or null (by device), got {value!r}")
+    return value
+
+
+def by_device(table: dict, t: torch.Tensor):
+    """``table``'s entry for ``t``'s device type, else its "default" entry: a fast path's choice per device, set by
+    measurement (e.g. ``HTAPrelude.WEIGHTS_BY_DEVICE``, ``snell.SELECT_BY_DEVICE``)."""
+    return table.get(t.device.type, table["default"])
 
 
 def dropout_layer(p: float) -> nn.Module:

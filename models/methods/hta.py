@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, check_int, check_rate,
-                   check_targets, dropout_layer, full_precision, iter_linears, merged_linear, prelude_batches, register,
-                   take_handover)
+from .base import (PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, by_device,
+                   check_auto_flag, check_int, check_rate, check_targets, dropout_layer, full_precision, iter_linears,
+                   merged_linear, prelude_batches, register, take_handover)
 
 __all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many", "hta_weights_many",
            "hta_lowrank_branch", "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
@@ -173,7 +173,6 @@ def hta_weights_many(modules, merged: bool) -> list[torch.Tensor]:
         w.diagonal(dim1=-2, dim2=-1).add_(d)  # + M0: the rectangular diagonal (first k entries)
     ref = mods[0].base.weight if merged else mods[0].v_left
     return list(w.to(autocast_dtype(ref)).unbind(0))
-
 
 
 def hta_lowrank_branch(z: torch.Tensor, factors) -> torch.Tensor:
@@ -336,8 +335,7 @@ class HTAPrelude(nn.Module):
         for group in self.groups:
             batch_weights = self.batch_weights
             if batch_weights is None:
-                dev = group[0].v_left.device.type
-                batch_weights = self.WEIGHTS_BY_DEVICE.get(dev, self.WEIGHTS_BY_DEVICE["default"])
+                batch_weights = by_device(self.WEIGHTS_BY_DEVICE, group[0].v_left)
             by_form: dict[str, list] = {}  # one form per group in practice (same class, mode and options)
             for layer in group:
                 by_form.setdefault(layer._prelude_form() if batch_weights else "factors", []).append(layer)
@@ -391,8 +389,7 @@ class HTA(Method):
 
     def __post_init__(self):
         check_int("hta", "rank", self.rank, minimum=0, note=" (0 disables the low-rank term)")
-        if self.batch_weights not in (None, True, False):
-            raise ValueError(f"hta: batch_weights must be true, false or null (by device), got {self.batch_weights!r}")
+        check_auto_flag("hta", "batch_weights", self.batch_weights)
         self.dropout = check_rate("hta", "dropout", self.dropout)
         if self.impl not in _IMPLS:
             raise ValueError(f"hta: unknown impl {self.impl!r}; use one of {', '.join(_IMPLS)}")

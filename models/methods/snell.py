@@ -42,9 +42,9 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .base import (LINEAR_NAMES, PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, check_int,
-                   check_rate, check_targets, dropout_layer, full_precision, iter_linears, prelude_batches, register,
-                   take_handover)
+from .base import (LINEAR_NAMES, PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, by_device,
+                   check_auto_flag, check_int, check_rate, check_targets, dropout_layer, full_precision, iter_linears,
+                   prelude_batches, register, take_handover)
 
 __all__ = ["ALPHA", "SNELL", "SNELLLinear", "SNELLPrelude", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify",
            "sparse_kernel", "quantile_threshold", "reference_kernel", "snell_weights_many"]
@@ -122,7 +122,7 @@ def quantile_threshold(a: torch.Tensor, q: float, select: str | None = None) -> 
     """
     lo, hi, w = _quantile_ranks(float(q), a.shape[-1], a.dtype)
     if select is None:
-        select = SELECT_BY_DEVICE.get(a.device.type, SELECT_BY_DEVICE["default"])
+        select = by_device(SELECT_BY_DEVICE, a)
     fn = SELECTORS[select]
     if hi == lo:
         return fn(a, (lo,))[0]  # torch.quantile: lerp(v, v, 0) == v
@@ -190,7 +190,6 @@ def _branches(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: torch.Te
               threshold: torch.Tensor | None = None):
     """x·Kˢ_m for a batch of m same-shape kernels: x (..., n_in), A (m, 2, n_in, h), B (m, 2, n_out, h)."""
     return tuple(x @ k for k in sparse_kernel(A, B, alpha, sparsity, threshold).unbind(0))
-
 
 
 def snell_weights_many(layers, A: torch.Tensor, B: torch.Tensor, t: torch.Tensor | None, merged: bool) -> torch.Tensor:
@@ -375,7 +374,10 @@ class SNELLPrelude(nn.Module):
             A = torch.stack([lin.A for lin in group])  # (m, 2, n_in, r/2)
             B = torch.stack([lin.B for lin in group])  # (m, 2, n_out, r/2)
             t = kernel_threshold(A.detach(), B.detach(), group[0].alpha, group[0].sparsity)  # (m,)
-            if not self._batch_weights(group[0]):
+            batch_weights = self.batch_weights
+            if batch_weights is None:
+                batch_weights = by_device(self.WEIGHTS_BY_DEVICE, group[0].A)
+            if not batch_weights:
                 for lin, ti in zip(group, t.unbind(0)):
                     lin._threshold = ti
                 continue
@@ -393,12 +395,6 @@ class SNELLPrelude(nn.Module):
                     w = build(a, b)
                 for lin, wi in zip(layers, w.unbind(0)):
                     setattr(lin, "_weight" if fused else "_kernel", wi)
-
-    def _batch_weights(self, layer: SNELLLinear) -> bool:
-        if self.batch_weights is not None:
-            return self.batch_weights
-        dev = layer.A.device.type
-        return self.WEIGHTS_BY_DEVICE.get(dev, self.WEIGHTS_BY_DEVICE["default"])
 
     def extra_repr(self) -> str:
         return ", ".join(f"{len(g)}× ({g[0].out_features}, {g[0].in_features})" for g in self.groups) + \
@@ -437,9 +433,7 @@ class SNELL(Method):
         check_int("snell", "rank", self.rank, minimum=2, note=" and even (two halves of r/2)")
         if self.rank % 2:
             raise ValueError(f"snell: rank must be an integer >= 2 and even (two halves of r/2), got {self.rank!r}")
-        if self.batch_weights not in (None, True, False):
-            raise ValueError("snell: batch_weights must be true, false or null (by device), "
-                             f"got {self.batch_weights!r}")
+        check_auto_flag("snell", "batch_weights", self.batch_weights)
         for name in ("sparsity", "dropout", "drop_path"):  # sparsity: the fraction of each |K| zeroed
             setattr(self, name, check_rate("snell", name, getattr(self, name)))
 
