@@ -51,8 +51,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import models
 from models.methods import hta as _hta
-from models.methods.base import take_handover
 from models.methods import snell as _snell
+from models.methods.base import take_handover
 from models.vit import ARCHS
 from train import OPTIONS, eval_epochs, eval_network, evaluate, write_json
 
@@ -371,10 +371,9 @@ def _hta_handover_rel_err(model) -> float:
             w, factors = take_handover(layer, "_weight"), take_handover(layer, "_factors")
             if factors is not None:
                 errs += map(_rel_err, factors, _hta.hta_factors(layer))
-            elif layer._prelude_form() == "merged":
-                errs.append(_rel_err(w, _hta.hta_delta_weight(layer, layer.base.weight).to(w.dtype)))
-            else:
-                errs.append(_rel_err(w, _hta.hta_delta_weight(layer).to(w.dtype)))
+            else:  # W + ΔW ("merged") or ΔW ("delta")
+                base = layer.base.weight if layer._prelude_form() == "merged" else None
+                errs.append(_rel_err(w, _hta.hta_delta_weight(layer, base).to(w.dtype)))
     return max(errs)
 
 
