@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's performance run (docs/PERFORMANCE.md), prepared to fit a short device lease:
 #
-#   1. eager: the fast-path checks on the GPU first (--check, fp32 with TF32 off; exit 1 if one fails, the rows
-#      are measured all the same), then every target row side by side (floor, full, ARC, ARC_att, HTA as
+#   1. eager: the fast-path checks on the GPU first (--check, TF32 off, verdicts in fp64; exit 1 if one fails,
+#      the rows are measured all the same), then every target row side by side (floor, full, ARC, ARC_att, HTA as
 #      benchmarked and as configured, each with impl merged and lowrank and with per-layer weights, LoRA, LoRA on
 #      all linears, SNELL and SNELL without dropout, each with batched and per-layer kernels), the projection of
 #      householder_vtab.sh, train.py's evaluation loop timed on a cached split of the mean VTAB test-split size,

@@ -38,8 +38,11 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert set(rep["select_ms_per_step"]) == set(rep["select_ms_per_step_unbatched"]) == {"kthvalue", "sort", "topk"}
     assert rep["checks"]["ok"] and rep["checks"]["select_topk_exact"] and rep["checks"]["hta_prelude_rel_err"] < 1e-4
     assert set(rep["checks"]["hta_prelude_rel_err_by_form"]) == {"factors", "delta", "merged"}
-    assert len(rep["checks"]["hta_prelude_diagnostics"]) == 9  # hand-over, output and repeat per form
+    assert len(rep["checks"]["hta_prelude_diagnostics"]) == 9  # hand-over, fp32, fp32 vs fp64 per form
     assert all(v < 1e-4 for v in rep["checks"]["hta_prelude_diagnostics"].values())
+    assert 0 < rep["checks"]["hta_prelude_diagnostics"]["merged_fp32_vs_fp64"]  # both precisions did run
+    assert set(rep["checks"]["snell_diagnostics"]) == {f"{c}_{k}" for c in ("batched_kernels", "checkpoint")
+                                                       for k in ("fp32", "fp32_vs_fp64")}
     assert rep["checks"]["snell_prelude_threshold_rel_err"] == 0.0  # the CPU selects bit-identical thresholds
     assert rep["checks"]["snell_batched_kernels_rel_err"] < 1e-6
     # the projection follows configs/hta_vtab.yaml: 19 tasks × 100 epochs, the test split evaluated every epoch
@@ -170,3 +173,24 @@ def test_hta_handover_check_sees_a_wrong_batched_weight(monkeypatch):
     original = hta.hta_weights_many
     monkeypatch.setattr(hta, "hta_weights_many", lambda mods, merged: [w * 1.01 for w in original(mods, merged)])
     assert bench._hta_handover_rel_err(m) > 5e-3
+
+
+def test_check_verdict_in_fp64_passes_a_rearranged_sum_and_fails_a_real_difference(monkeypatch):
+    # --check compares the batched HTA prelude with the per-layer path through a perturbed ViT that amplifies rounding
+    # (the H200's fp32/TF32 check read 0.16, 2026-11-27). The verdict is taken in fp64: there a mere reordering of
+    # the weight's arithmetic stays at ~1e-15 while a real 1e-7 difference stands out; in fp32 the two look alike.
+    import argparse
+
+    from models.methods import hta
+
+    args = argparse.Namespace(arch="vit_micro_patch8", img_size=32)
+    original = hta.hta_weights_many
+    monkeypatch.setattr(hta, "hta_weights_many", lambda mods, merged: [(w * 3) / 3 for w in original(mods, merged)])
+    chk = bench.device_checks(args, torch.device("cpu"))
+    rounding = chk["hta_prelude_diagnostics"]["merged_fp32"]
+    assert chk["ok"] and 0 < chk["hta_prelude_rel_err_by_form"]["merged"] < 1e-12 and rounding > 1e-7
+    monkeypatch.setattr(hta, "hta_weights_many", lambda mods, merged: [w * (1 + 1e-7) for w in original(mods, merged)])
+    chk = bench.device_checks(args, torch.device("cpu"))
+    assert not chk["ok"] and chk["hta_prelude_rel_err_by_form"]["merged"] > 1e-7
+    assert chk["hta_prelude_diagnostics"]["merged_fp32"] < 10 * rounding  # fp32 alone could not tell them apart
+    assert chk["hta_prelude_rel_err_by_form"]["factors"] == 0.0  # that form never calls hta_weights_many
