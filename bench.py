@@ -70,11 +70,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _seconds_per_call(fn, device: torch.device, warmup: int, steps: int) -> float:
-    """Mean wall time of ``fn()`` over ``steps`` calls after ``warmup`` untimed ones, the device synchronised."""
+def _seconds_per_call(fn, device: torch.device, warmup: int, steps: int, timing: dict | None = None) -> float:
+    """Mean wall time of ``fn()`` over ``steps`` calls after ``warmup`` untimed ones, the device synchronised. The
+    warm-up's own wall time goes to ``timing["warmup_s"]`` when given (under ``--compile`` it holds the compilation
+    and the CUDA-graph capture)."""
+    t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     _sync(device)
+    if timing is not None:
+        timing["warmup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
@@ -171,9 +176,12 @@ def bench_train(model, args, device, profile: bool = False) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    dt = _seconds_per_call(step, device, args.warmup, args.steps)
+    timing: dict = {}
+    dt = _seconds_per_call(step, device, args.warmup, args.steps, timing)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     out = {"img_per_s": args.batch_size / dt, "ms_per_step": dt * 1e3, "peak_mem_gib": peak,
+           # the warm-up's time beyond its steps at the timed speed: compilation and graph capture under --compile
+           "warmup_extra_s": max(0.0, timing["warmup_s"] - args.warmup * dt),
            "params": models.count_parameters(model), "params_no_head": models.count_parameters(model, head=False)}
     if profile:
         try:
@@ -427,35 +435,56 @@ def _checks(args, device) -> dict:
 HTA_VTAB_CONFIG = Path(__file__).resolve().parent / "reproduce" / "configs" / "hta_vtab.yaml"
 
 
-def projection(rows: dict, args) -> dict:
+def projection(rows: dict, args, measure=None) -> dict:
     """Projected wall time of ``reproduce/householder_vtab.sh``: every task of ``configs/hta_vtab.yaml`` resolved as
-    the sweep resolves it (epochs, evaluation schedule; 1,000 training images per epoch), at the measured training
-    throughput of HTA as configured (the ``hta_cfg`` row, else ``hta``) and the evaluation throughput of that row:
-    train.py's own evaluation loop when measured (``bench_eval_loop``), else the merged model's inference when
-    ``eval_merged``, else the unmerged one's. Also given: the same with the 19-evaluation
-    schedule (every 10th + the last 10 epochs) instead of the config's."""
+    the sweep resolves it (epochs, batch size, evaluation schedule; 1,000 training images per epoch), at the
+    measured training throughput of HTA as configured (the ``hta_cfg`` row, else ``hta``) and the evaluation
+    throughput of that row: train.py's own evaluation loop when measured (``bench_eval_loop``), else the merged
+    model's inference when ``eval_merged``, else the unmerged one's. Also given: the same with the 19-evaluation
+    schedule (every 10th + the last 10 epochs) instead of the config's.
+
+    A task whose batch size is not the bench's (the config trains at 32, the issue's setup is 64) is projected at
+    the throughput of that batch size, ``measure(row, batch_size)`` -> a training row (see ``main``): an eager step
+    is bound by launching kernels, so halving the batch nearly halves img/s. Without ``measure`` such a task is
+    refused (ValueError) rather than projected at the wrong speed."""
     from reproduce import taskcfg
 
-    hta = rows.get("hta_cfg") or rows.get("hta")
-    if not hta:
+    name = next((n for n in ("hta_cfg", "hta") if n in rows), None)
+    if name is None:
         return {}
+    hta = rows[name]
     spec = taskcfg.load(HTA_VTAB_CONFIG)
     defaults = {k: v[0] for k, v in OPTIONS.items()}
     eval_key = next((k for k in ("eval_loop_img_per_s", "merged_img_per_s" if defaults["eval_merged"] else None,
                                  "eval_img_per_s") if k and k in hta), None)
     if eval_key is None:
         return {}
-    train_imgs = eval_imgs = eval_imgs_19 = 0
+    by_batch = {args.batch_size: hta}  # the training row per batch size
+    train_s = compile_s = 0.0
+    eval_imgs = eval_imgs_19 = 0
     for task in spec["tasks"]:
         cfg = {**defaults, **taskcfg.resolve(spec, task)}
-        train_imgs += cfg["epochs"] * 1000
+        bs = cfg["batch_size"]
+        if bs not in by_batch:
+            if measure is None:
+                raise ValueError(f"projection: {task} trains at batch {bs}, the bench at {args.batch_size}; "
+                                 "pass measure= to time that batch size")
+            by_batch[bs] = measure(name, bs)
+        row = by_batch[bs]
+        train_s += cfg["epochs"] * 1000 / row["img_per_s"]
+        # under --compile each task (its own train.py run) compiles its training step once per batch shape (the
+        # epoch's last, smaller batch is a second one); the bench's warm-up holds one such compilation (an estimate:
+        # later tasks may hit the compile cache; train.py evaluates eagerly)
+        if args.compile != "none":
+            compile_s += (1 if 1000 % bs == 0 else 2) * row["warmup_extra_s"]
         eval_imgs += len(eval_epochs(cfg)) * VTAB_TEST_SIZES[task]
         eval_imgs_19 += len(eval_epochs({**cfg, "eval_every": 10, "eval_last": 10})) * VTAB_TEST_SIZES[task]
-    train_s = train_imgs / hta["img_per_s"]
-    return {"row": "hta_cfg" if "hta_cfg" in rows else "hta", "eval_throughput": eval_key, "train_s": train_s,
+    return {"row": name, "eval_throughput": eval_key, "train_s": train_s,
+            "train_img_per_s_by_batch": {bs: r["img_per_s"] for bs, r in sorted(by_batch.items())},
             "precision": args.precision,  # the sweep's own default is fp32 (PRECISION=bf16 to match this)
-            "eval_images": eval_imgs, "total_min": (train_s + eval_imgs / hta[eval_key]) / 60,
-            "total_min_19_evals": (train_s + eval_imgs_19 / hta[eval_key]) / 60}
+            "compile": args.compile, "compile_s": compile_s, "eval_images": eval_imgs,
+            "total_min": (train_s + compile_s + eval_imgs / hta[eval_key]) / 60,
+            "total_min_19_evals": (train_s + compile_s + eval_imgs_19 / hta[eval_key]) / 60}
 
 
 def target_verdicts(rows: dict, proj: dict | None) -> list[dict]:
@@ -576,12 +605,13 @@ def main(argv=None) -> int:
         method, kw = special.get(name, (name, {}))
         model = build(method, args, device, **kw)
         rows[name] = bench_train(model, args, device, profile=name in profiled)
+        if name == loop_row and (args.project or not args.train_only):  # train.py's loop: eager, as train.py runs it
+            rows[name]["eval_loop_img_per_s"] = bench_eval_loop(model, args, device)
+            rows[name]["eval_loop_merged"] = bool(OPTIONS["eval_merged"][0] and model.method.mergeable)
         if not args.train_only and name != "full":  # floor: the plain ViT's inference, the reference of ×plain
             rows[name]["eval_img_per_s"] = bench_infer(model, args, device)
             if name != "floor" and model.method.mergeable:
                 rows[name]["merged_img_per_s"] = bench_infer(models.merge(model), args, device)
-            if name == loop_row:
-                rows[name]["eval_loop_img_per_s"] = bench_eval_loop(model, args, device)
         del model  # nothing of this row stays allocated into the next row's peak memory
         if device.type == "cuda":
             torch.cuda.empty_cache()  # between rows only, so each row's peak memory is its own
@@ -601,7 +631,7 @@ def main(argv=None) -> int:
             r["eval_x_plain"] = r["eval_img_per_s"] / plain_inf
         if "merged_img_per_s" in r:
             r["merged_x_plain"] = r["merged_img_per_s"] / plain_inf
-        if "eval_loop_img_per_s" in r:
+        if "eval_loop_img_per_s" in r and plain_inf:
             r["eval_loop_x_plain"] = r["eval_loop_img_per_s"] / plain_inf
     print(f"\n{args.arch} {args.img_size}px, batch {args.batch_size} (eval {args.eval_batch_size}), {args.precision}, "
           f"{dev_name}, {args.steps} timed steps after {args.warmup} warm-up")
@@ -621,8 +651,8 @@ def main(argv=None) -> int:
     if loop_row in rows and "eval_loop_img_per_s" in rows[loop_row]:
         r = rows[loop_row]
         print(f"\nevaluation loop as train.py runs it (row {loop_row}, {args.eval_loop_images:,} cached images, "
-              f"{'merged' if OPTIONS['eval_merged'][0] and 'merged_img_per_s' in r else 'unmerged'}): "
-              f"{r['eval_loop_img_per_s']:.0f} img/s = {r['eval_loop_x_plain']:.2f} × plain inference")
+              f"{'merged' if r['eval_loop_merged'] else 'unmerged'}): {r['eval_loop_img_per_s']:.0f} img/s"
+              + (f" = {r['eval_loop_x_plain']:.2f} × plain inference" if "eval_loop_x_plain" in r else ""))
     for name, r in rows.items():
         pr = r.get("profile")
         if pr and "error" not in pr:
@@ -642,13 +672,24 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "cuda": torch.version.cuda, "args": vars(args), "rows": rows,
               "floor_again_img_per_s": floor_again}
     if args.project:
-        report["projection"] = projection(rows, args)
+        def measure(row: str, batch_size: int) -> dict:  # the projection's row at a config's own batch size
+            at = argparse.Namespace(**{**vars(args), "batch_size": batch_size})
+            method, kw = special.get(row, (row, {}))
+            r = bench_train(build(method, at, device, **kw), at, device)
+            print(f"  measured {row} at batch {batch_size}: {r['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+            return r
+
+        report["projection"] = projection(rows, args, measure)
         if report["projection"]:
             pr = report["projection"]
             print(f"\nprojected householder_vtab.sh (configs/hta_vtab.yaml, row {pr['row']}, {pr['precision']}): "
-                  f"training {pr['train_s'] / 60:.1f} min, {pr['eval_images']:,} test images evaluated "
-                  f"({pr['eval_throughput']}); total {pr['total_min']:.1f} min; {pr['total_min_19_evals']:.1f} min "
-                  "with 19 evaluations per task")
+                  f"training {pr['train_s'] / 60:.1f} min ("
+                  + ", ".join(f"{v:.0f} img/s at batch {b}" for b, v in pr["train_img_per_s_by_batch"].items())
+                  + f"), {pr['eval_images']:,} test images evaluated "
+                  f"({pr['eval_throughput']})"
+                  + (f", compiling {pr['compile_s'] / 60:.1f} min" if pr["compile"] != "none" else "")
+                  + f"; total {pr['total_min']:.1f} min; {pr['total_min_19_evals']:.1f} min with 19 evaluations per "
+                  "task")
     if chk is not None:
         report["checks"] = chk
     if args.select:

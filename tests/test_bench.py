@@ -4,6 +4,7 @@ import json
 import re
 import warnings
 
+import pytest
 import torch
 
 import bench
@@ -52,7 +53,10 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
     assert pr["eval_throughput"] == "eval_loop_img_per_s" and pr["total_min_19_evals"] < pr["total_min"]
     assert [n for n, r in rows.items() if "eval_loop_img_per_s" in r] == ["hta"]
     assert rows["hta"]["eval_loop_x_plain"] == rows["hta"]["eval_loop_img_per_s"] / rows["floor"]["eval_img_per_s"]
-    assert abs(pr["train_s"] - 19 * 100 * 1000 / rows["hta"]["img_per_s"]) < 1e-6 * pr["train_s"]
+    # ... and trained at the config's batch size (32), measured for the projection; this run's rows are at batch 8
+    by_batch = pr["train_img_per_s_by_batch"]
+    assert set(by_batch) == {"8", "32"} and by_batch["8"] == rows["hta"]["img_per_s"]
+    assert abs(pr["train_s"] - 19 * 100 * 1000 / by_batch["32"]) < 1e-6 * pr["train_s"]
     assert all(v > 0 for k in ("select_ms_per_step", "select_ms_per_step_unbatched") for v in rep[k].values())
     # the targets, judged from this run's own numbers (no peak memory on the CPU: no memory verdict)
     verdicts = {(v["target"], v["row"]): v for v in rep["targets"]}
@@ -194,3 +198,29 @@ def test_check_verdict_in_fp64_passes_a_rearranged_sum_and_fails_a_real_differen
     assert not chk["ok"] and chk["hta_prelude_rel_err_by_form"]["merged"] > 1e-7
     assert chk["hta_prelude_diagnostics"]["merged_fp32"] < 10 * rounding  # fp32 alone could not tell them apart
     assert chk["hta_prelude_rel_err_by_form"]["factors"] == 0.0  # that form never calls hta_weights_many
+
+
+def test_projection_uses_each_tasks_batch_size_and_adds_compile_time():
+    # configs/hta_vtab.yaml trains every task at batch 32, the bench setup is batch 64: each task must be
+    # projected at the throughput of its own batch size, and under --compile with each task's compile time
+    import argparse
+
+    rows = {"hta_cfg": {"img_per_s": 2000.0, "eval_loop_img_per_s": 8000.0, "warmup_extra_s": 30.0}}
+    asked = []
+
+    def measure(row, bs):
+        asked.append((row, bs))
+        return {"img_per_s": 1000.0, "warmup_extra_s": 45.0}
+
+    eager = bench.projection(rows, argparse.Namespace(batch_size=64, precision="bf16", compile="none"), measure)
+    assert asked == [("hta_cfg", 32)] and eager["train_img_per_s_by_batch"] == {32: 1000.0, 64: 2000.0}
+    assert eager["train_s"] == 19 * 100 * 1000 / 1000.0 and eager["compile_s"] == 0.0  # 19 tasks × 100 epochs
+    assert eager["total_min"] == (eager["train_s"] + 38_790_400 / 8000.0) / 60
+    comp = bench.projection(rows, argparse.Namespace(batch_size=64, precision="bf16", compile="reduce-overhead"),
+                            measure)
+    assert comp["compile_s"] == 19 * 2 * 45.0  # 1,000 = 31 × 32 + 8: two batch shapes per task, each compiled
+    assert comp["total_min"] - eager["total_min"] == pytest.approx(comp["compile_s"] / 60)
+    same = bench.projection(rows, argparse.Namespace(batch_size=32, precision="bf16", compile="none"))
+    assert same["train_s"] == 19 * 100 * 1000 / 2000.0  # the bench's own batch: its own row, nothing measured
+    with pytest.raises(ValueError, match="batch 32"):
+        bench.projection(rows, argparse.Namespace(batch_size=64, precision="bf16", compile="none"))
