@@ -54,8 +54,14 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "batch_size": (32, "training batch size"),
     "eval_batch_size": (256, "evaluation batch size"),
     "lr": (None, "peak learning rate (default 1e-3; demo: 1e-2)"),
-    "weight_decay": (1e-4, "AdamW weight decay"),
+    "optimizer": ("adamw", "'adamw' (ARC, HTA, SNELL, most baselines) or 'sgd' with momentum (the VPT and linear-probe "
+                           "reference recipe, baselines.md §1, §7)"),
+    "momentum": (0.9, "SGD momentum (optimizer sgd)"),
+    "scale_lr": (False, "use lr × batch_size / 256 as the peak learning rate (VPT's rule, baselines.md §7)"),
+    "weight_decay": (1e-4, "weight decay (decoupled for adamw, L2 for sgd)"),
     "wd_scope": ("matrices", "'matrices': decay only weights with ndim > 1 that are not tokens/embeddings; 'all'"),
+    "no_decay": ((), "parameter names (last component) never decayed, in any wd_scope, comma-separated; e.g. "
+                     "v_left,v_right,d: HTA's Householder vectors and diagonal (hta.md §5.2)"),
     "warmup_epochs": (None, "linear warm-up epochs (default: 10%% of the epochs, at most 10)"),
     "schedule": ("per_step", "'per_step' warm-up + cosine (ARC/HTA) or 'per_epoch_timm' (SNELL, snell.md §8.1)"),
     "min_lr_factor": (1e-6, "per_step cosine floor as a fraction of lr"),
@@ -79,15 +85,20 @@ OPTIONS: dict[str, tuple[object, str]] = {
                         "max-autotune"),
     "out": (None, "run directory (default runs/<dataset>_<method>_<time>)"),
 }
-CHOICES = {"compile": ("none", "default", "reduce-overhead", "max-autotune"), "wd_scope": ("matrices", "all"), "schedule": ("per_step", "per_epoch_timm"), "norm": ("imagenet", "half"),
+CHOICES = {"compile": ("none", "default", "reduce-overhead", "max-autotune"), "optimizer": ("adamw", "sgd"),
+           "wd_scope": ("matrices", "all"), "schedule": ("per_step", "per_epoch_timm"), "norm": ("imagenet", "half"),
            "fgvc_aug": ("rrc", "resize_crop"), "precision": ("fp32", "bf16"), "protocol": ("paper", "clean")}
 
 def _float_or_none(text: str) -> float | None:
     return None if text.lower() in ("none", "null", "") else float(text)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 TYPES = {"lr": float, "grad_clip": _float_or_none, "drop_path_rate": _float_or_none, "warmup_epochs": int, "epochs": int,
-         "img_size": int}
+         "img_size": int, "no_decay": _names}
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "prompt")
 
 
@@ -190,6 +201,13 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if isinstance(cfg["color_jitter"], bool) or not 0.0 <= jitter <= 1.0:
         raise RunError(f"color_jitter must be a number in [0, 1], got {cfg['color_jitter']!r}")
     cfg["color_jitter"] = jitter
+    if isinstance(cfg["momentum"], bool) or not isinstance(cfg["momentum"], (int, float)) or \
+            not 0.0 <= cfg["momentum"] < 1.0:
+        raise RunError(f"momentum must be a number in [0, 1), got {cfg['momentum']!r}")
+    names = _names(cfg["no_decay"]) if isinstance(cfg["no_decay"], str) else cfg["no_decay"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):
+        raise RunError(f"no_decay must be a list of parameter names (e.g. [v_left, v_right, d]), got {names!r}")
+    cfg["no_decay"] = tuple(names)
     for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "eval_last", "img_size"):
         if int(cfg[key]) < 1:
             raise RunError(f"{key} must be >= 1, got {cfg[key]}")
@@ -202,6 +220,19 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- schedules
+def peak_lr(cfg: dict) -> float:
+    """The schedule's peak learning rate: ``lr``, or lr × batch_size / 256 with ``scale_lr`` (baselines.md §7)."""
+    return cfg["lr"] * (cfg["batch_size"] / 256 if cfg.get("scale_lr") else 1.0)
+
+
+def build_optimizer(cfg: dict, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA: one kernel per step instead of several per tensor; the step is launch-bound at batch
+    64), or SGD with ``momentum`` (``optimizer: sgd``). The learning rate is set by :func:`lr_at` every step."""
+    if cfg.get("optimizer", "adamw") == "sgd":
+        return torch.optim.SGD(groups, lr=peak_lr(cfg), momentum=cfg["momentum"])
+    return torch.optim.AdamW(groups, lr=peak_lr(cfg), fused=device.type == "cuda")
+
+
 def lr_at(cfg: dict, step: int, epoch: int, steps_per_epoch: int) -> float:
     """Learning rate for optimizer step ``step`` (0-based) in ``epoch``.
 
@@ -209,7 +240,7 @@ def lr_at(cfg: dict, step: int, epoch: int, steps_per_epoch: int) -> float:
     max(min_lr_factor, ½(1 + cos(π (t − W)/(T − W)))). per_epoch_timm (snell.md §8.1): timm 0.5.4's
     CosineLRScheduler stepped once per epoch *after* the epoch, warmup_lr_init 1e-6, lr_min 1e-5.
     """
-    base, epochs, warm = cfg["lr"], cfg["epochs"], cfg["warmup_epochs"]
+    base, epochs, warm = peak_lr(cfg), cfg["epochs"], cfg["warmup_epochs"]
     if cfg["schedule"] == "per_epoch_timm":
         if epoch == 0:
             return 1e-6 if warm > 0 else base
@@ -224,13 +255,22 @@ def lr_at(cfg: dict, step: int, epoch: int, steps_per_epoch: int) -> float:
     return base * max(cfg["min_lr_factor"], 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, scope: str) -> list[dict]:
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, scope: str, names: tuple = ()) -> list[dict]:
+    """AdamW groups: decayed and not. ``scope`` "all" decays every trainable tensor, "matrices" only those with
+    ndim > 1 that are not tokens or embeddings; trainable tensors whose name ends in one of ``names`` (its last
+    component: "d" matches "blocks.0.attn.q.d", not "head.bias") are never decayed (``no_decay``)."""
+    decay, no_decay, seen = [], [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        exempt = p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES)
-        (no_decay if scope == "matrices" and exempt else decay).append(p)
+        last = name.rsplit(".", 1)[-1]
+        seen.add(last)
+        exempt = scope == "matrices" and (p.ndim <= 1 or any(k in name for k in NO_DECAY_NAMES))
+        (no_decay if exempt or last in names else decay).append(p)
+    unknown = [n for n in names if n not in seen]
+    if unknown:
+        raise RunError(f"no_decay: {', '.join(unknown)} names no trainable parameter of this model; trainable names "
+                       f"end in {', '.join(sorted(seen))}")
     return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
             if g["params"]]
 
@@ -384,9 +424,8 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
                                 pretrained=cfg["pretrained"], img_size=cfg["img_size"], drop_rate=cfg["drop_rate"],
                                 drop_path_rate=cfg["drop_path_rate"], **cfg["method_args"]).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    # fused AdamW on CUDA: one kernel per step instead of several per tensor (the step is launch-bound at batch 64)
-    opt = torch.optim.AdamW(param_groups(model, cfg["weight_decay"], cfg["wd_scope"]), lr=cfg["lr"],
-                            fused=device.type == "cuda")
+    opt = build_optimizer(cfg, param_groups(model, cfg["weight_decay"], cfg["wd_scope"], cfg.get("no_decay", ())),
+                          device)
     forward = model if cfg["compile"] == "none" else torch.compile(
         model, mode=None if cfg["compile"] == "default" else cfg["compile"])  # shares model's parameters
     steps_per_epoch = len(loaders["train"])
@@ -497,7 +536,8 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
         "splits": {k: {"name": s.split, "n": len(s), **{kk: vv for kk, vv in s.info.items() if kk == "sha256"}}
                    for k, s in splits.items()},
         "num_classes": splits["train"].num_classes, "protocol": cfg["protocol"], "seed": cfg["seed"],
-        "precision": cfg["precision"], "epochs": cfg["epochs"], "lr": cfg["lr"], "weight_decay": cfg["weight_decay"],
+        "precision": cfg["precision"], "epochs": cfg["epochs"], "lr": cfg["lr"], "peak_lr": peak_lr(cfg),
+        "optimizer": cfg.get("optimizer", "adamw"), "weight_decay": cfg["weight_decay"],
         "batch_size": cfg["batch_size"], "img_size": cfg["img_size"], "norm": cfg["norm"],
         "color_jitter": cfg.get("color_jitter", 0.0), "train_aug": dataclasses.asdict(loaders["train"].aug),
         "acc_last": at_last.get("test_acc"),

@@ -71,6 +71,35 @@ def test_methods_learn_a_new_task_through_train_py(method, lr, backbone, cache, 
     assert res["acc_best_test"] >= res["acc_last"] and "TEST" in res["acc_best_test_note"]
 
 
+def test_linear_probe_learns_with_the_sgd_reference_recipe(backbone, cache, tmp_path):
+    # baselines.md §1 (and VPT, §7): SGD with momentum 0.9 and lr × batch / 256
+    out = tmp_path / "probe"
+    run(["--method", "linear", "--dataset", "demo_shape", "--pretrained", backbone, "--arch", "vit_micro_patch8",
+         "--img-size", "32", "--batch-size", "50", "--epochs", "8", "--warmup-epochs", "1", "--lr", "25",
+         "--optimizer", "sgd", "--scale-lr", "true", "--eval-every", "1", "--eval-initial", "true", "--out", out],
+        cache)
+    res = json.loads((out / "results.json").read_text())
+    assert res["optimizer"] == "sgd" and res["lr"] == 25 and res["peak_lr"] == 25 * 50 / 256
+    assert res["acc_last"] > 40.0 and res["acc_last"] > res["acc_initial"] + 15.0, res  # chance 25 %
+
+
+def test_optimizer_choice_and_peak_lr():
+    import models
+
+    m = models.create_model("vit_micro_patch8", "vpt_shallow", num_classes=3, img_size=32)
+    parse = lambda *a: T.resolve_config(T.build_parser().parse_args(list(a)))  # noqa: E731
+    cfg = parse("--optimizer", "sgd", "--lr", "25", "--batch-size", "128", "--scale-lr", "true", "--epochs", "10",
+                "--warmup-epochs", "1")
+    opt = T.build_optimizer(cfg, T.param_groups(m, 1e-4, "all"), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and T.peak_lr(cfg) == 12.5
+    assert T.lr_at(cfg, 10, 1, 10) == 12.5  # the schedule peaks at the scaled lr, after the warm-up epoch
+    cfg = parse("--lr", "25")
+    assert isinstance(T.build_optimizer(cfg, T.param_groups(m, 1e-4, "all"), torch.device("cpu")), torch.optim.AdamW)
+    assert T.peak_lr(cfg) == 25.0  # scale_lr is off by default
+    with pytest.raises(T.RunError, match="momentum must be a number in"):
+        parse("--momentum", "1.5")
+
+
 def test_weights_of_another_architecture_are_refused(backbone, cache, tmp_path):
     out = tmp_path / "wrong_arch"
     p = run(["--method", "hta", "--dataset", "demo_shape", "--arch", "vit_tiny_patch16_224", "--img-size", "32",
@@ -150,6 +179,7 @@ def test_clean_protocol_scores_val_at_the_last_epoch_and_eval_merge_agrees(cache
     (["--method-args", "rank"], "is not key=value"),
     (["--method", "hta", "--method-args", "rnak=2"], "bad arguments for method 'hta'"),
     (["--pretrained", "/nonexistent/ViT-B_16.npz"], "/nonexistent/ViT-B_16.npz"),
+    (["--method", "hta", "--no-decay", "v_left,v_lft"], "no_decay: v_lft names no trainable parameter"),
 ])
 def test_bad_input_gives_one_clear_error_and_writes_nothing(args, message, cache, tmp_path):
     out = tmp_path / "bad"
@@ -209,6 +239,30 @@ def test_weight_decay_groups_exclude_biases_norms_and_tokens():
     excluded = {names[id(p)] for p in no_decay["params"]}
     assert {"cls_token", "pos_embed", "head.bias", "norm.weight", "blocks.0.attn.q.bias"} <= excluded
     assert len(T.param_groups(m, 0.1, "all")) == 1
+
+
+def test_no_decay_exempts_named_parameters_in_any_scope(tmp_path):
+    # hta.md §5.2: weight decay on all trainable tensors, with a config flag to exclude HTA's v and d
+    import models
+
+    m = models.create_model("vit_micro_patch8", "hta", num_classes=3, img_size=32)
+    names = {id(p): n for n, p in m.named_parameters()}
+    for scope in ("all", "matrices"):
+        groups = T.param_groups(m, 0.1, scope, ("v_left", "v_right", "d"))
+        decay = {names[id(p)].rsplit(".", 1)[-1] for p in groups[0]["params"]}
+        exempt = {names[id(p)].rsplit(".", 1)[-1] for p in groups[1]["params"]}
+        assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+        assert {"v_left", "v_right", "d"} <= exempt and {"v_left", "v_right", "d"}.isdisjoint(decay)
+        assert {"down", "up"} <= decay and ("bias" in decay) == (scope == "all")  # the rest as the scope says
+    assert len(T.param_groups(m, 0.1, "all")[0]["params"]) == sum(p.requires_grad for p in m.parameters())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("no_decay: [v_left, v_right, d]\n")
+    parse = T.build_parser().parse_args
+    assert T.resolve_config(parse(["--config", str(cfg)]))["no_decay"] == ("v_left", "v_right", "d")
+    assert T.resolve_config(T.build_parser().parse_args(["--no-decay", "v_left,d"]))["no_decay"] == ("v_left", "d")
+    cfg.write_text("no_decay: 3\n")
+    with pytest.raises(T.RunError, match="no_decay must be a list of parameter names"):
+        T.resolve_config(T.build_parser().parse_args(["--config", str(cfg)]))
 
 
 def test_no_arguments_trains_hta_on_the_demo_from_a_clean_checkout(tmp_path):

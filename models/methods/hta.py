@@ -7,8 +7,8 @@ Each adapted frozen linear (W, b) learns, in the paper's row-vector layout (y = 
 
 and in ``nn.Linear`` layout (out, in): ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l) (both H are symmetric).
 
-Trainable tensors per adapted linear (names the training loop can match, e.g. to exclude ``v_left``/``v_right``/``d``
-from weight decay, hta.md §5.2):
+Trainable tensors per adapted linear (names the training loop can match: ``train.py --no-decay v_left,v_right,d``
+is hta.md §5.2's flag that exempts the Householder vectors and the diagonal from weight decay):
 
 =========  ==============  ===================================================  ==================================
 name       shape           role                                                 init (HTA-D1/D2)
@@ -373,8 +373,8 @@ class HTA(Method):
     * ``batch_weights`` — whether the prelude also forms the layers' GEMM weights as one batch (True) or only their
       factors (False); None (default) decides by device, ``HTAPrelude.WEIGHTS_BY_DEVICE``. Same function.
 
-    Head: zeros (hta.md §5.2). Weight-decay grouping is the training loop's job: match the parameter names
-    ``v_left``, ``v_right``, ``d``, ``down``, ``up`` (module docstring).
+    Head: zeros (hta.md §5.2). Weight-decay grouping is the training loop's job: ``train.py``'s ``no_decay`` option
+    matches the parameter names ``v_left``, ``v_right``, ``d``, ``down``, ``up`` (module docstring).
     """
 
     name: ClassVar[str] = "hta"
