@@ -44,6 +44,7 @@ def _method_params(model):
     ("adapter", {"positions": ("attn", "ffn")}, 2 * 156_768),
     ("adaptformer", {}, 156_768),
     ("adaptformer", {"dim": 64}, 1_189_632),
+    ("adapter", {"dim": 64}, 1_189_632),
     ("vpt_shallow", {}, 7_680),
     ("vpt_shallow", {"tokens": 50}, 38_400),
     ("vpt_deep", {}, 92_160),
@@ -56,11 +57,6 @@ def test_vit_b16_counts(method, kw, expected):
     # the backbone stays frozen: every trainable non-head tensor belongs to a method module
     frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
     assert sum(p.numel() for n, p in m.named_parameters() if n in frozen) == 85_798_656
-
-
-def test_adapter_count_formula():
-    assert 12 * (1536 * 8 + 8 + 768) == 156_768
-    assert 12 * (1536 * 64 + 64 + 768) == 1_189_632
 
 
 def test_defaults_recorded():
@@ -96,6 +92,11 @@ def test_adapter_placement_and_noah_init():
                for b in houlsby.blocks)
 
 
+class _DropAll(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
 def test_adapter_sits_after_the_mlp_before_the_residual():
     """Block output == x' + Adapter(MLP(LN2(x'))) with x' = x + Attn(LN1(x)), computed by hand."""
     m = _micro("adapter").eval()
@@ -106,6 +107,14 @@ def test_adapter_sits_after_the_mlp_before_the_residual():
     assert torch.allclose(blk(x), ref, atol=1e-6)
     # and the adapter really is active (not the identity) at NOAH init
     assert not torch.allclose(blk.mlp_out(ref), ref, atol=1e-4)
+    # x + Adapter(DropPath(MLP)), not x + DropPath(Adapter(MLP)): a dropped sample still gets Adapter(0), which is
+    # W_up·act(b_down) + b_up ≠ 0 (biases made visible here)
+    with torch.no_grad():
+        blk.mlp_out.down.bias.fill_(1.0)
+        blk.mlp_out.up.bias.fill_(0.5)
+    blk.drop_path2 = _DropAll()  # stochastic depth that drops every sample
+    dropped = x1 + blk.mlp_out(torch.zeros_like(x1))
+    assert torch.allclose(blk(x), dropped, atol=1e-6) and not torch.allclose(dropped, x1, atol=1e-2)
 
 
 def test_adaptformer_placement_and_init():
