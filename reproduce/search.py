@@ -1,4 +1,5 @@
-"""Hyper-parameter search for HTA, whose paper publishes only its grid (specs: hta.md §5.1–5.2, benchmarks.md §6.2).
+"""Hyper-parameter search for HTA, whose paper publishes only its grid (specs: hta.md §5.1–5.2, benchmarks.md §6.2),
+and for ARC on ViT VTAB, which released no per-task values (arc.md §7.4: lr × wd × adapter dropout).
 
     python reproduce/search.py --config reproduce/configs/hta_vtab.yaml --tasks cifar dtd     # reduced staged grid
     python reproduce/search.py --config reproduce/configs/hta_fgvc.yaml --full                 # the paper's 525 points
@@ -11,7 +12,8 @@ Ties go to the smaller lr (as VPT's ``tune_vtab.py``), then to the earlier grid 
 
 * default (reduced, hta.md §5.2 "staged"): ``stage1`` (lr × wd at batch 32, dropout 0.1), then ``stage2`` (batch ×
   dropout at the stage-1 lr and wd);
-* ``--full``: the cartesian product of ``full`` (hta.md §5.1: 7 lr × 5 wd × 3 batch × 5 dropout = 525 runs per task).
+* ``--full``: the cartesian product of ``full`` (hta.md §5.1: 7 lr × 5 wd × 3 batch × 5 dropout = 525 runs per task;
+  ``arc_vtab.yaml``: 5 lr × 5 wd × 3 dropout = 75, its stages 25 + 2).
 
 Grid keys that are train.py options (lr, weight_decay, batch_size) are set directly; the others (dropout) are method
 arguments. Trials live in ``$OUT/<config>_search/<task>/<trial>/`` and are skipped when their results.json exists, so
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="reproduce/configs/hta_vtab.yaml")
     ap.add_argument("--tasks", nargs="*", help="subset (default: every task of the config)")
-    ap.add_argument("--full", action="store_true", help="the paper's full grid instead of the reduced staged one")
+    ap.add_argument("--full", action="store_true", help="the config's full grid (HTA: the paper's 525 points) instead "
+                                                         "of the reduced staged one")
     ap.add_argument("--write", help="config to write the chosen values into (default: --config itself)")
     ap.add_argument("--out", default=env("OUT", "runs/reproduce"), help="output root (trials in <out>/<config>_search)")
     ap.add_argument("--data-root", help="default $VTAB_ROOT (data/vtab-1k) or $FGVC_ROOT (data/fgvc)")

@@ -79,6 +79,10 @@ def test_config_values_follow_the_specs():
                                         (2.5e-4, 0.05, 0.1, 0.0), (5e-3, 0.05, 0.0, 0.1)]
     av = taskcfg.load(ROOT / "reproduce/configs/arc_vtab.yaml")  # arc.md §7.1
     assert {(r(av, t)["lr"], r(av, t)["weight_decay"], r(av, t)["batch_size"]) for t in K.VTAB} == {(0.01, 0.0, 32)}
+    # no per-task values were released for ViT: defaults, not the paper's selection, and the spec's lr x wd x
+    # dropout grid for search.py (arc.md §7.4)
+    assert av["selection"] == "default" and set(av["search"]["full"]) == {"lr", "weight_decay", "dropout"}
+    assert len(search.grid_points(av["search"]["full"])) == 75 and len(search.grid_points(av["search"]["stage1"])) == 25
     for name in ("hta_vtab", "hta_vtab_large", "hta_fgvc"):  # hta.md §5
         h = taskcfg.load(ROOT / f"reproduce/configs/{name}.yaml")
         assert h["selection"] == "default" and len(search.grid_points(h["search"]["full"])) == 525
