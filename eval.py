@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--norm", choices=("imagenet", "half"), default="imagenet")
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)
+    from models.pretrained import WeightsUnavailable
     import models
 
     try:
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
             if abs(acc_m - acc) > 0.01:
                 print("error: merged and unmerged accuracies differ by more than 0.01 pt", file=sys.stderr)
                 return 1
-    except (T.RunError, ValueError) as e:
+    except (T.RunError, ValueError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

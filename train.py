@@ -1,8 +1,9 @@
 """Train one method on one dataset: config -> model -> data -> loop -> <out>/{results.json, adapter.safetensors, tb/}.
 
     python train.py                                   # HTA on a generated demo task, tiny ViT, CPU, seconds
-    python train.py --method snell --dataset cifar --data-root ~/data/vtab-1k \
-        --pretrained vit_base_patch16_224.orig_in21k --config reproduce/configs/snell_vtab_cifar.yaml
+    python -m reproduce.taskcfg reproduce/configs/snell_vtab.yaml cifar --out cifar_snell.yaml  # SNELL's recipe
+    python train.py --config cifar_snell.yaml --dataset cifar --data-root ~/data/vtab-1k \
+        --pretrained vit_base_patch16_224.orig_in21k
     python train.py --resume runs/cifar_snell_...     # continue a killed run (bit-identical on the CPU)
 
 Hyper-parameters come from (lowest to highest priority) the defaults below, a flat YAML file (``--config``), and
@@ -168,8 +169,41 @@ def load_yaml_config(path: str) -> dict:
         raise RunError(f"--config {path}: expected a mapping of option: value")
     unknown = sorted(set(cfg) - set(OPTIONS))
     if unknown:
-        raise RunError(f"--config {path}: unknown option(s) {unknown}; valid: {', '.join(OPTIONS)}")
-    return cfg
+        hint = (" (a sweep config of reproduce/configs/: write one task's flat config with `python -m reproduce.taskcfg "
+                f"{path} <task> --out cfg.yaml`)") if {"defaults", "tasks"} & set(unknown) else ""
+        raise RunError(f"--config {path}: unknown option(s) {unknown}; valid: {', '.join(OPTIONS)}{hint}")
+    return {k: _config_value(path, k, v) for k, v in cfg.items()}
+
+
+def _config_value(path: str, key: str, value):
+    """A YAML value as the flag of the same name would give it: numbers from text (YAML 1.1 reads ``1e-3`` as a
+    string), true/false, the listed choices; None only where the option allows it. Else one RunError naming the file,
+    the option and what it takes."""
+    default = OPTIONS[key][0]
+    convert = TYPES.get(key) or (type(default) if isinstance(default, (bool, int, float)) else str)
+    if value is None:
+        if default is None or key in ("grad_clip", "drop_path_rate"):
+            return None
+        raise RunError(f"--config {path}: {key} is empty; give a value or remove the line (default {default!r})")
+    if key in ("method_args", "no_decay"):  # a mapping; a list or comma-separated text (checked in resolve_config)
+        if key == "method_args" and not isinstance(value, dict):
+            raise RunError(f"--config {path}: method_args: {value!r} is not valid; it takes a mapping, e.g. "
+                           "{rank: 1, dropout: 0.1}")
+        return value
+    wants = {bool: "true or false", int: "a whole number", float: "a number", _float_or_none: "a number or none",
+             str: "text"}[convert]
+    try:
+        if convert is bool:
+            return value if isinstance(value, bool) else _parse_bool(str(value))
+        if isinstance(value, bool) or (convert is str and not isinstance(value, str)):
+            raise ValueError(value)
+        if convert is int:
+            if float(value) != int(float(value)):
+                raise ValueError(value)
+            return int(float(value))
+        return convert(value if convert is str else str(value))
+    except (ValueError, OverflowError, argparse.ArgumentTypeError):
+        raise RunError(f"--config {path}: {key}: {value!r} is not valid; it takes {wants}") from None
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
@@ -213,6 +247,14 @@ def resolve_config(args: argparse.Namespace) -> dict:
             raise RunError(f"{key} must be >= 1, got {cfg[key]}")
     if cfg["device"] is None:
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(cfg["device"]).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise RunError(f"device {cfg['device']!r}: use cuda, cuda:N or cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device {cfg['device']!r}: no CUDA device is visible here; use --device cpu")
     if cfg["out"] is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg["out"] = str(ROOT / "runs" / f"{cfg['dataset']}_{cfg['method']}_{stamp}")
@@ -273,6 +315,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float, scope: str, names:
                        f"end in {', '.join(sorted(seen))}")
     return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
             if g["params"]]
+
+
+def split_provenance(splits: dict) -> dict:
+    """What results.json records of each split (benchmarks.md §8): its name and size, the split files' SHA-256, the
+    image format (VTAB: JPEG as converted for the papers, or lossless PNG) with the converter's manifest, and whether
+    an FGVC split was regenerated (``split=regenerated``: not VPT's split)."""
+    keep = ("sha256", "format", "regenerated", "manifest")
+    return {k: {"name": s.split, "n": len(s), **{kk: s.info[kk] for kk in keep if kk in s.info}}
+            for k, s in splits.items()}
 
 
 # ------------------------------------------------------------------------------------------------------------ I/O
@@ -418,6 +469,8 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
 
     out = Path(cfg["out"])
     device = torch.device(cfg["device"])
+    with torch.device("meta"):  # arch, method and its arguments checked before the data is decoded (minutes)
+        models.create_model(cfg["arch"], cfg["method"], num_classes=2, img_size=cfg["img_size"], **cfg["method_args"])
     benchmark, dataset, splits, loaders = build_data(cfg)
     seed_everything(cfg["seed"])  # right before the model: eval.py rebuilds a randomly initialised backbone the same way
     model = models.create_model(cfg["arch"], cfg["method"], num_classes=splits["train"].num_classes,
@@ -432,7 +485,11 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
     state = {"epoch": 0, "step": 0, "history": [], "train_time": 0.0, "train_images": 0}
     if resume:
         ckpt = torch.load(out / "train_state.pt", map_location="cpu", weights_only=False)
-        missing = model.load_state_dict(ckpt["trainable"], strict=False)
+        try:
+            missing = model.load_state_dict(ckpt["trainable"], strict=False)
+        except RuntimeError as e:  # same names, other shapes (e.g. another rank)
+            raise RunError(f"{out / 'train_state.pt'}: checkpoint does not match the model "
+                           f"({str(e).splitlines()[-1].strip()})") from None
         if missing.unexpected_keys:
             raise RunError(f"{out / 'train_state.pt'}: checkpoint does not match the model ({missing.unexpected_keys[:3]})")
         opt.load_state_dict(ckpt["optimizer"])
@@ -440,8 +497,11 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
         state = ckpt["state"]
         state.pop("best_val", None)  # checkpoints written before the clean protocol dropped best-epoch selection
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", cfg)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "config.json", cfg)
+        except OSError as e:
+            raise RunError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
     writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=state["step"] if resume else None)
     count_all = models.count_parameters(model)
     count_no_head = models.count_parameters(model, head=False)
@@ -533,8 +593,8 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
     result = {
         "method": cfg["method"], "method_args": model.method.config(), "arch": cfg["arch"],
         "pretrained": model.pretrained_info, "dataset": dataset, "benchmark": benchmark,
-        "splits": {k: {"name": s.split, "n": len(s), **{kk: vv for kk, vv in s.info.items() if kk == "sha256"}}
-                   for k, s in splits.items()},
+        "splits": split_provenance(splits),
+        "split_regenerated": any(s.info.get("regenerated") for s in splits.values()),
         "num_classes": splits["train"].num_classes, "protocol": cfg["protocol"], "seed": cfg["seed"],
         "precision": cfg["precision"], "epochs": cfg["epochs"], "lr": cfg["lr"], "peak_lr": peak_lr(cfg),
         "optimizer": cfg.get("optimizer", "adamw"), "weight_decay": cfg["weight_decay"],
@@ -565,9 +625,15 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from models.pretrained import WeightsUnavailable
     try:
         if args.resume:
             out = Path(args.resume)
+            given = sorted("--" + k.replace("_", "-") for k in vars(args) if k in OPTIONS) + \
+                (["--config"] if args.config else []) + (["--overwrite"] if args.overwrite else [])
+            if given:
+                raise RunError(f"--resume continues {out} with the options it was started with; drop "
+                               f"{' '.join(given)} (to change them, start a new run with --out)")
             if not (out / "train_state.pt").exists():
                 raise RunError(f"--resume {out}: no checkpoint (train_state.pt) there; start a new run with --out")
             if (out / "results.json").exists():
@@ -595,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except ValueError as e:  # bad arch/method/method arguments/weights/data: messages name the fix
+    except (ValueError, WeightsUnavailable) as e:  # bad arch/method/arguments/weights/data: messages name the fix
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result is None:

@@ -43,7 +43,7 @@ import torch
 
 from .vit import ARCHS, VisionTransformer
 
-__all__ = ["load_pretrained", "resolve_timm_name", "timm_to_ours", "load_state_dict_into", "read_npz",
+__all__ = ["load_pretrained", "WeightsUnavailable", "resolve_timm_name", "timm_to_ours", "load_state_dict_into", "read_npz",
            "read_state_dict", "sha256_file", "describe_arch"]
 
 _NPZ = (".npz",)
@@ -169,6 +169,10 @@ def _timm_cached_file(cfg: dict) -> str | None:
     return None
 
 
+class WeightsUnavailable(RuntimeError):
+    """timm could not fetch or read hub weights (network, cache): the message names the weights and the way out."""
+
+
 def _load_timm(model: VisionTransformer, name: str, arch: str) -> dict:
     import timm
 
@@ -184,7 +188,7 @@ def _load_timm(model: VisionTransformer, name: str, arch: str) -> dict:
         ref = timm.create_model(full, pretrained=True, num_classes=0)
     except Exception as e:  # hub / network / cache failures
         alt = next((f" or download {u} and pass its path" for u, n in _GOOGLE_FILES.values() if n == full), "")
-        raise RuntimeError(f"timm could not load the pretrained weights {full!r} ({type(e).__name__}: {e}). "
+        raise WeightsUnavailable(f"timm could not load the pretrained weights {full!r} ({type(e).__name__}: {e}). "
                            f"Check the network or the Hugging Face cache (HF_HOME){alt}") from e
     sd = ref.state_dict()
     path = _timm_cached_file(dict(ref.pretrained_cfg))
@@ -206,7 +210,12 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int, lis
     import numpy as np
     from timm.models.vision_transformer import VisionTransformer as TimmViT, _load_weights
 
-    with np.load(path) as w:
+    try:
+        w = np.load(path)
+    except (ValueError, OSError, EOFError):  # not a zip of arrays (np.load refuses pickles)
+        raise ValueError(f"{path} is not a readable .npz (a zip archive of arrays); pass a Google ViT .npz such as "
+                         "ViT-B_16.npz, or a .safetensors/.pth state dict") from None
+    with w:
         keys = set(w.files)
         prefix = next((p for p in ("", "opt/target/", "params/", "params/img/") if f"{p}embedding/kernel" in keys),
                       None)

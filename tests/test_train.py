@@ -180,12 +180,74 @@ def test_clean_protocol_scores_val_at_the_last_epoch_and_eval_merge_agrees(cache
     (["--method", "hta", "--method-args", "rnak=2"], "bad arguments for method 'hta'"),
     (["--pretrained", "/nonexistent/ViT-B_16.npz"], "/nonexistent/ViT-B_16.npz"),
     (["--method", "hta", "--no-decay", "v_left,v_lft"], "no_decay: v_lft names no trainable parameter"),
+    (["--device", "tpu"], "use cuda, cuda:N or cpu"),
+    (["--method", "lora", "--method-args", "rank=0"], "lora: rank must be an integer >= 1, got 0"),
 ])
 def test_bad_input_gives_one_clear_error_and_writes_nothing(args, message, cache, tmp_path):
     out = tmp_path / "bad"
     p = run(["--dataset", "demo", *FAST, "--epochs", "1", *args, "--out", out], cache, expect=2)
     assert message in p.stderr and "Traceback" not in p.stderr
     assert not (out / "results.json").exists()
+
+
+def test_config_file_values_are_read_like_flags(cache, tmp_path):
+    # YAML 1.1 reads 1e-3 as text: a config file's numbers, true/false and choices are converted as the flags are,
+    # and a value that is none of them stops the run with one line naming the file and the option, nothing written
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 1e-3\nweight_decay: 5e-2\nepochs: '1'\neval_initial: yes\ngrad_clip: none\n")
+    c = T.resolve_config(T.build_parser().parse_args(["--config", str(cfg)]))
+    assert (c["lr"], c["weight_decay"], c["epochs"], c["eval_initial"], c["grad_clip"]) == (1e-3, 0.05, 1, True, None)
+    run(["--dataset", "demo", *FAST, "--config", cfg, "--out", tmp_path / "ok"], cache)
+    for text, message in (("epochs: ten", "epochs: 'ten' is not valid; it takes a whole number"),
+                          ("batch_size: 2.5", "batch_size: 2.5 is not valid"),
+                          ("eval_merged: maybe", "eval_merged: 'maybe' is not valid; it takes true or false"),
+                          ("method_args: [1, 2]", "method_args: [1, 2] is not valid; it takes a mapping"),
+                          ("seed:", "seed is empty"),
+                          ("benchmark: vtab\ndefaults: {}", "python -m reproduce.taskcfg")):
+        cfg.write_text(text + "\n")
+        out = tmp_path / "bad"
+        p = run(["--dataset", "demo", *FAST, "--config", cfg, "--out", out], cache, expect=2)
+        assert message in p.stderr and str(cfg) in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert not out.exists()
+
+
+def test_unwritable_out_resume_misuse_and_unreachable_weights_give_one_line(cache, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    p = run(["--dataset", "demo", *FAST, "--epochs", "1", "--out", blocker / "run"], cache, expect=2)
+    assert "--out" in p.stderr and "cannot write there" in p.stderr and "Traceback" not in p.stderr
+    # --resume takes the run's own options: other flags are refused, not silently ignored
+    killed = tmp_path / "killed"
+    run(["--method", "lora", "--method-args", "rank=2", "--dataset", "demo", *FAST, "--epochs", "2",
+         "--out", killed, "--stop-after-epochs", "1"], cache)
+    p = run(["--resume", killed, "--epochs", "5"], cache, expect=2)
+    assert "drop --epochs" in p.stderr and not (killed / "results.json").exists()
+    # a checkpoint whose tensors have other shapes (rank 4 here) is refused with one line
+    other = tmp_path / "rank4"
+    run(["--method", "lora", "--method-args", "rank=4", "--dataset", "demo", *FAST, "--epochs", "2",
+         "--out", other, "--stop-after-epochs", "1"], cache)
+    (other / "train_state.pt").write_bytes((killed / "train_state.pt").read_bytes())
+    p = run(["--resume", other], cache, expect=2)
+    assert "checkpoint does not match the model" in p.stderr and "Traceback" not in p.stderr
+    # hub weights that cannot be fetched: one line naming them, exit 2 (not a traceback)
+    import timm
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("network unreachable")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    p = run(["--dataset", "demo", *FAST, "--arch", "vit_tiny_patch16_224", "--pretrained",
+             "vit_tiny_patch16_224.augreg_in21k", "--epochs", "1", "--out", tmp_path / "hub"], cache, expect=2)
+    assert "timm could not load the pretrained weights" in p.stderr and "Traceback" not in p.stderr
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not a zip")
+    p = run(["--dataset", "demo", *FAST, "--pretrained", bad, "--epochs", "1", "--out", tmp_path / "npz"], cache,
+            expect=2)
+    assert f"{bad} is not a readable .npz" in p.stderr
 
 
 def test_nan_loss_stops_naming_epoch_and_step(cache, tmp_path):
