@@ -141,11 +141,12 @@ def load_fgvc_split(dataset: str, root: str | Path | None, split: str, img_size:
                    f"each split must contain every class -- regenerate with python -m data.fgvc_splits "
                    f"{canonical} {ds_dir}")
             if strict_counts:
-                raise DataError(msg + " (or pass strict_counts=False to accept it)")
+                raise DataError(msg)
             warnings.warn(msg)
     if strict_counts and C != FGVC_NUM_CLASSES[canonical]:
         raise DataError(f"{ds_dir}: the split files name {C} classes, {canonical!r} has {FGVC_NUM_CLASSES[canonical]}; "
-                        f"wrong dataset folder or broken split files (pass strict_counts=False for a subset)")
+                        f"wrong dataset folder or broken split files: point --data-root at the full dataset, or "
+                        f"regenerate the splits with python -m data.fgvc_splits {canonical} {ds_dir}")
     keys: list[str] = []
     labels: list[int] = []
     paths: list[Path] = []

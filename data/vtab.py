@@ -102,7 +102,9 @@ def check_counts(task: str, split: str, n: int, path: Path, strict: bool) -> Non
         want = VTAB_SPLIT_SIZES[split]
         if n != want and strict:
             raise DataError(f"{path} has {n} lines, VTAB-1k needs {want} (the archive is partial or not VTAB-1k); "
-                            f"re-convert the task, or pass strict_counts=False to use a subset on purpose")
+                            f"train.py and the sweeps need the full split: check the tree with `python -m "
+                            f"data.prepare_vtab --check {path.parent.parent} --tasks {task}` and re-convert or "
+                            f"re-extract the task (`python -m data.prepare_vtab --task {task} --out <root>`)")
     elif split == "test" and task in VTAB_TEST_SIZES and n != VTAB_TEST_SIZES[task]:
         msg = f"{path} has {n} lines; the spec test size of {task!r} is {VTAB_TEST_SIZES[task]}"
         if strict:

@@ -20,9 +20,12 @@ if __package__ in (None, ""):
 
 __all__ = ["check_data", "check_weights", "main"]
 
-# train.py's splits per protocol (train.py SPLITS): paper trains on train800val200, clean on train800 + val200
+# The split files train.py's loaders read per protocol (benchmarks.md §3, §6). VTAB (data/vtab.py) reads only the
+# splits train.py asks for (train.py SPLITS): paper trains on train800val200, clean on train800 + val200. FGVC
+# (data/fgvc.py label_map) reads all three JSONs (data.fgvc.JSON_SPLITS) for any split -- the global class map and the
+# every-class-in-every-split check -- so both protocols need train, val and test.json.
 VTAB_SPLITS = {"paper": ("train800val200", "test"), "clean": ("train800", "val200", "test")}
-FGVC_SPLITS = {"paper": ("train", "test"), "clean": ("train", "val", "test")}
+FGVC_SPLITS = {"paper": ("train", "val", "test"), "clean": ("train", "val", "test")}
 
 HOW_VTAB = ("VTAB-1k is not there. Build it once with the converter (TensorFlow only there, benchmarks.md §8): "
             "`python -m data.prepare_vtab --task <task> --out <root>` (see data/prepare_vtab.py --help; writes the "

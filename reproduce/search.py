@@ -18,14 +18,16 @@ Ties go to the smaller lr (as VPT's ``tune_vtab.py``), then to the earlier grid 
 Grid keys that are train.py options (lr, weight_decay, batch_size) are set directly; the others (dropout) are method
 arguments. Trials live in ``$OUT/<config>_search/<task>/<trial>/`` and are skipped when their results.json exists, so
 a search resumes. After each task the chosen values are written into the config (``--write``, default: the config
-itself, which ``reproduce/householder_*.sh`` reads), each line commented with its source and val score, ``selection:
-val`` is set, and ``<task>/search.json`` keeps every trial's score.
+itself, which ``reproduce/householder_*.sh`` reads), each line commented with its source and val score;
+``selection: val`` is set once every task of the config has searched values (``partial`` before that, with a header
+status line naming the searched tasks), and ``<task>/search.json`` keeps every trial's score.
 
 Then the retrain and the report (§6.2 steps 2-3): run the sweep with the written config and the default
 ``PROTOCOL=paper`` (e.g. ``CONFIG=<written config> reproduce/householder_vtab.sh``). Those runs train on
 train800val200 (FGVC: train.json) with the selected values; their ``acc_last`` — test top-1 at the last epoch — is
-the clean number, which ``verify.py`` prints as "ours: clean (last epoch)" (fully clean because the config says
-``selection: val``). ``PROTOCOL=clean`` would instead re-run the train800 selection runs.
+the clean number, which ``verify.py`` prints as "ours: clean (last epoch)" — fully clean for the searched tasks:
+all of them under ``selection: val``, those its note names under ``partial``. ``PROTOCOL=clean`` would instead
+re-run the train800 selection runs.
 
 Knobs as the sweeps (flags win over environment): VTAB_ROOT / FGVC_ROOT, WEIGHTS, ARCH, IMG_SIZE, PRECISION, EPOCHS,
 OUT.
@@ -112,8 +114,25 @@ def _task_blocks(lines: list[str]) -> dict[str, list[str]]:
     return blocks
 
 
+STATUS = "# status (reproduce/search.py):"  # the header line rewritten on every write: which tasks are val-selected
+
+
+def _selection_lines(tasks: list[str], searched: list[str]) -> tuple[str, str]:
+    """The ``selection:`` line and the header status line for a config whose ``searched`` tasks (of ``tasks``) hold
+    values selected on val (benchmarks.md §6.2): ``val`` only when every task does, else ``partial``."""
+    if set(tasks) <= set(searched):
+        return ("selection: val   # every task's values searched by reproduce/search.py (see 'search:' and the task "
+                "comments)", f"{STATUS} every task ({len(tasks)}) selected on val; the text above describes the "
+                "file as committed, before the search")
+    return ("selection: partial   # only the tasks commented 'source: reproduce/search.py' were searched; the others "
+            "keep their values", f"{STATUS} {len(searched)} of {len(tasks)} tasks selected on val "
+            f"({', '.join(searched)}); the other {len(tasks) - len(searched)} keep the values the text above describes")
+
+
 def rewrite_config(text: str, chosen: dict[str, dict], provenance: str) -> str:
-    """The config text with ``selection: val`` and the ``tasks:`` entries of the searched tasks replaced.
+    """The config text with the ``tasks:`` entries of the searched tasks replaced, and ``selection:`` set to ``val``
+    when every task of the config now has search-selected values, else to ``partial`` (taskcfg.SELECTIONS), so that
+    verify.py labels each task's clean column honestly (benchmarks.md §6.2); a header status line names the tasks.
 
     ``chosen``: task → {"point": grid point, "score": val top-1, "n": trials}. Other tasks keep their lines. The
     ``tasks:`` block must be the last top-level block of the file (as in every committed config).
@@ -125,11 +144,17 @@ def rewrite_config(text: str, chosen: dict[str, dict], provenance: str) -> str:
     if any(line and not line[0].isspace() and not line.startswith("#") for line in lines[start + 1:]):
         raise ValueError("the 'tasks:' block must be the last top-level block of the config")
     old = _task_blocks(lines[start + 1:])
-    head = [re.sub(r"^selection:.*$", "selection: val   # per-task values searched by reproduce/search.py (see "
-                   "'search:' and the task comments)", line) for line in lines[:start]]
+    before = taskcfg.searched_tasks(text)
+    searched = [t for t in old if t in chosen or t in before]
+    selection, status = _selection_lines(list(old), searched)
+    head = [line for line in lines[:start] if not line.startswith(STATUS)]
+    if any(line.startswith("selection:") for line in head):
+        head = [selection if line.startswith("selection:") else line for line in head]
+    else:
+        head.append(selection)
+    first = next(i for i, line in enumerate(head) if not line.startswith("#"))
     stamp = f"# {provenance}"
-    if stamp not in head:
-        head.insert(next(i for i, line in enumerate(head) if not line.startswith("#")), stamp)
+    head[first:first] = ([] if stamp in head else [stamp]) + [status]
     out = head + ["tasks:   # per-task values: reproduce/search.py (selected on val, last epoch) or the defaults"]
     for task, block in old.items():
         if task not in chosen:

@@ -5,7 +5,10 @@ A sweep config is a YAML mapping with
 * ``benchmark``: ``vtab`` | ``fgvc``;
 * ``selection``: where the per-task hyper-parameters come from — ``paper`` (released scripts / author's reply; the
   authors selected them on the test set), ``default`` (the paper released none: project defaults until
-  ``reproduce/search.py`` runs) or ``val`` (selected on val200 / val.json by ``reproduce/search.py``);
+  ``reproduce/search.py`` runs), ``val`` (every task's values selected on val200 / val.json by
+  ``reproduce/search.py``) or ``partial`` (search.py has run for some tasks only: the tasks whose lines carry a
+  ``# source: reproduce/search.py`` comment, see ``searched_tasks()``, are val-selected, the others keep their
+  defaults or paper values; benchmarks.md §6.2);
 * ``reference``: backbone id → list of ``{paper, table, method}`` rows of ``paper_tables/`` to compare with
   (``verify.py``);
 * ``defaults``: ``train.py`` options (underscored names, as in ``train.py --config``) shared by every task;
@@ -34,11 +37,11 @@ if __package__ in (None, ""):
 from reproduce import tasks as K  # noqa: E402
 
 __all__ = ["TOP_LEVEL", "REQUIRED", "SELECTIONS", "ConfigError", "load", "resolve", "select", "canonical", "validate",
-           "undocumented", "dump", "write_task_config", "main"]
+           "undocumented", "searched_tasks", "dump", "write_task_config", "main"]
 
 TOP_LEVEL = {"benchmark", "selection", "reference", "defaults", "tasks", "search"}
 REQUIRED = ("method", "method_args", "lr", "weight_decay", "batch_size", "epochs")  # per resolved task
-SELECTIONS = ("paper", "default", "val")
+SELECTIONS = ("paper", "default", "val", "partial")
 
 
 class ConfigError(ValueError):
@@ -52,6 +55,13 @@ def load(path: str | Path) -> dict:
         spec = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config") from None
+    except yaml.YAMLError as e:  # one line: where the YAML breaks, not the scanner's traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where} ({problem}); fix the file or pass another config") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {sorted(TOP_LEVEL)}")
     unknown = set(spec) - TOP_LEVEL
@@ -110,6 +120,24 @@ def validate(spec: dict, options: dict | None = None, choices: dict | None = Non
             if key in cfg and cfg[key] not in allowed:
                 problems.append(f"{task}: {key}={cfg[key]!r} is not one of {allowed}")
     return problems
+
+
+def searched_tasks(text: str) -> list[str]:
+    """The tasks of a config's text whose entry was written by ``reproduce/search.py`` (a ``# source:
+    reproduce/search.py`` comment on one of its lines): their values were selected on val200 / val.json
+    (benchmarks.md §6.2). This comment is the per-task record behind ``selection: val`` / ``partial``, which
+    ``search.py`` sets and ``verify.py`` reports per task."""
+    found, in_tasks, current = [], False, None
+    for line in text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            in_tasks = line.startswith("tasks:")
+            continue
+        m = re.match(r"^  ([A-Za-z0-9_]+):", line)
+        if in_tasks and m:
+            current = m.group(1)
+        if in_tasks and current and re.search(r"\s# source: reproduce/search\.py", line) and current not in found:
+            found.append(current)
+    return found
 
 
 def undocumented(path: str | Path) -> list[str]:

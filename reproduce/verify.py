@@ -13,8 +13,9 @@ What is printed, per task then per aggregate:
   difference ours − paper, flagged when it exceeds ``--tolerance`` (|Δ| ≤ 0.05 is rounding);
 * **ours, clean (last epoch)** — ``acc_last`` of the same runs: test top-1 at the last epoch after training on
   train800val200 (FGVC: train), step 3 of the clean protocol (§6.2). It is fully clean only when the config's
-  hyper-parameters were selected on val200 (``selection: val`` in the config, e.g. after ``reproduce/search.py``);
-  otherwise the header says the hyper-parameters come from the papers' test-selected recipes;
+  hyper-parameters were selected on val200 (``selection: val`` in the config, e.g. after ``reproduce/search.py``;
+  ``selection: partial``: only for the tasks the note names, those with a ``# source: reproduce/search.py`` line);
+  otherwise the header says the hyper-parameters come from the papers' test-selected recipes or project defaults;
 * ``protocol: clean`` runs of train.py (the selection runs of §6.2 step 1: train800, scored by val200 top-1 at the last
   epoch, ``acc_val_last``) add a column "val top-1, last epoch" when present — a selection score, not a test result;
 * the three group means and **both** VTAB overall means, labelled: ``mean_19`` (plain mean of the 19 tasks; HTA's
@@ -25,12 +26,14 @@ What is printed, per task then per aggregate:
 * mean peak memory and training img/s.
 
 Several seeds of one task are averaged (mean ± sample std). Means over a group are only formed when every task of the
-group has a result. ``--strict`` exits 1 when a row is out of tolerance or an expected task has no result.
+group has a result. ``--strict`` exits 1 when a row is out of tolerance or an expected task has no result. Bad input
+(no such run folder, a config that does not load, an unwritable ``--markdown`` path) is one error line and exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -44,7 +47,7 @@ from reproduce import tables as T  # noqa: E402
 from reproduce import tasks as K  # noqa: E402
 
 __all__ = ["backbone_id", "load_runs", "TaskResult", "collect", "Row", "Report", "build_report", "render_text",
-           "render_markdown", "main", "ROUNDING"]
+           "render_markdown", "clean_note", "main", "ROUNDING"]
 
 ROUNDING = 0.05  # paper_tables/README.md: differences of <= 0.05 are rounding
 AGG_LABELS = {
@@ -63,7 +66,31 @@ CLEAN_NOTES = {  # what the clean (last-epoch) column means, by the config's `se
                "reproduce/search.py has not been run): nothing was selected on the test set.",
     "val": "Clean column: last-epoch test top-1 with hyper-parameters selected on val200 by reproduce/search.py "
            "(benchmarks.md §6.2).",
+    "partial": "Clean column: last-epoch test top-1; hyper-parameters selected on val200 by reproduce/search.py "
+               "(benchmarks.md §6.2) only for {searched}; {rest} keep the config's other values (project defaults or "
+               "the papers' test-selected recipes, see the config's comments), so their clean numbers are not "
+               "val-selected.",
 }
+
+
+def clean_note(selection: str, config_text: str, tasks: list[str]) -> str:
+    """The note on the clean column for the reported ``tasks`` (benchmarks.md §6.2). Under ``selection: partial`` (or
+    a ``val`` config that search.py left only partly searched) it names which tasks were val-selected, read from
+    their ``# source: reproduce/search.py`` comments (taskcfg.searched_tasks); when all reported tasks were, the
+    ``val`` note applies to the whole table."""
+    if selection not in ("val", "partial"):
+        return CLEAN_NOTES[selection]
+    from reproduce import taskcfg
+
+    recorded = taskcfg.searched_tasks(config_text)
+    if selection == "val" and not recorded:  # values selected on val by hand: the config's word is all there is
+        return CLEAN_NOTES["val"]
+    searched = [t for t in tasks if t in recorded]
+    rest = [t for t in tasks if t not in recorded]
+    if not rest:
+        return CLEAN_NOTES["val"]
+    return CLEAN_NOTES["partial"].format(searched=", ".join(searched) or "none of the reported tasks",
+                                         rest=f"the other tasks ({', '.join(rest)})" if searched else "all of them")
 
 
 # --------------------------------------------------------------------------------------------------- reading runs
@@ -380,6 +407,29 @@ def _reference_rows(spec: dict, backbone: str | None) -> tuple[list[T.PaperRow],
     return rows, bb, notes
 
 
+def _markdown_problem(path: str) -> str | None:
+    """Why ``--markdown path`` cannot be written (checked before anything is printed), or None."""
+    p = Path(path)
+    folder = p.parent
+    if p.is_dir():
+        return "is a folder; pass a file name such as report.md"
+    if not folder.is_dir():
+        return f"folder {folder} does not exist; create it or pass a path in an existing folder"
+    if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        return "not writable; pass a path in a writable folder"
+    return None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder: an error leaves no half-written report."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -397,11 +447,23 @@ def main(argv: list[str] | None = None) -> int:
     from reproduce import taskcfg
 
     root = Path(args.runs)
+    if not root.is_dir():  # a mistyped folder would otherwise print a table of "—" and exit 0
+        print(f"error: {root}: no such run folder; pass the sweep's folder $OUT/<config name> (e.g. "
+              "runs/reproduce/hta_vtab), or run the sweep first", file=sys.stderr)
+        return 2
+    md_problem = _markdown_problem(args.markdown) if args.markdown else None
+    if md_problem:
+        print(f"error: --markdown {args.markdown}: {md_problem}", file=sys.stderr)
+        return 2
     cfg_path = Path(args.config) if args.config else CONFIG_DIR / f"{root.name}.yaml"
     if not cfg_path.exists():
         print(f"error: no config {cfg_path}; pass --config reproduce/configs/<name>.yaml", file=sys.stderr)
         return 2
-    spec = taskcfg.load(cfg_path)
+    try:
+        spec = taskcfg.load(cfg_path)
+    except taskcfg.ConfigError as e:
+        print(f"error: --config: {e}", file=sys.stderr)
+        return 2
     # split on commas and spaces, not inside "(...)": dsprites(predicted_attribute=...,num_classes=16) is one name
     names = [t for item in (args.tasks or []) for t in re.findall(r"(?:[^\s,()]|\([^)]*\))+", item)]
     try:  # any name data.tasks.resolve_task accepts (aliases, TFDS names, any case) -> the config's canonical ids
@@ -409,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     except taskcfg.ConfigError as e:
         print(f"error: --tasks: {e} (config {cfg_path})", file=sys.stderr)
         return 2
-    runs, problems = load_runs(root) if root.exists() else ([], [f"{root}: no such folder"])
+    runs, problems = load_runs(root)
     foreign = sorted({r["dataset"] for r in runs} - set(tasks))
     runs = [r for r in runs if r["dataset"] in tasks]
     bbs = sorted({str(backbone_id(r.get("arch"), (r.get("pretrained") or {}).get("source"))) for r in runs})
@@ -421,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     notes += [f"NOTE: {p}" for p in problems]
     if foreign:
         notes.append(f"NOTE: ignored results of tasks outside the expected set: {', '.join(foreign)}")
-    notes.append(CLEAN_NOTES[spec.get("selection", "paper")])
+    notes.append(clean_note(spec.get("selection", "paper"), cfg_path.read_text(), tasks))
     archs = sorted({str(r.get("arch")) for r in runs})
     weights = sorted({str((r.get("pretrained") or {}).get("source")) for r in runs})
     methods = sorted({str(r.get("method")) for r in runs})
@@ -432,7 +494,12 @@ def main(argv: list[str] | None = None) -> int:
         report.notes.append(f"Compared with {bb} rows (--backbone).")
     sys.stdout.write(render_text(report))
     if args.markdown:
-        Path(args.markdown).write_text(render_markdown(report))
+        try:
+            _write_atomic(Path(args.markdown), render_markdown(report))
+        except OSError as e:
+            print(f"error: --markdown {args.markdown}: cannot write ({e.strerror or e}); pass a path in a writable "
+                  "folder", file=sys.stderr)
+            return 2
         print(f"markdown: {args.markdown}")
     if args.strict and not report.strict_ok():
         print(f"strict: {len(report.out_of_tolerance)} row(s) out of tolerance, {len(report.missing)} task(s) "

@@ -225,8 +225,11 @@ def test_default_cache_dir(tmp_path, monkeypatch):
 def test_strict_counts(tmp_path):
     root = tmp_path / "vtab"
     tiny_task(root, "kitti")
-    with pytest.raises(DataError, match=r"train800.txt has 8 lines, VTAB-1k needs 800.*strict_counts=False"):
+    with pytest.raises(DataError, match=r"train800.txt has 8 lines, VTAB-1k needs 800") as e:
         load_split("kitti", root, "train800", img_size=12, cache_dir=tmp_path / "c")
+    # the fix it names is one a train.py / sweep user can apply: strict_counts is a Python argument only
+    assert f"`python -m data.prepare_vtab --check {root} --tasks kitti`" in str(e.value)
+    assert "strict_counts=False" not in str(e.value)
     with pytest.warns(UserWarning, match="spec test size of 'kitti' is 711"):
         load_split("kitti", root, "test", img_size=12, cache_dir=tmp_path / "c")
     assert len(load_split("kitti", root, "train800", img_size=12, cache_dir=tmp_path / "c",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reproduce import preflight, search, taskcfg, tasks as K
+from reproduce import preflight, search, taskcfg, tasks as K, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "reproduce" / "configs").glob("*.yaml"))
@@ -178,6 +178,50 @@ def test_missing_data_or_weights_say_how_to_get_them(tmp_path):
     assert "prepare_vtab" in problems[0]
 
 
+def test_fgvc_preflight_needs_every_json_the_loader_reads(tmp_path):
+    """data/fgvc.py reads train, val and test.json for any split (its global class map), so a missing val.json must
+    stop a paper-protocol sweep in preflight (exit 3, nothing written), not fail every train.py run."""
+    from data.fgvc import JSON_SPLITS
+
+    assert preflight.FGVC_SPLITS == {"paper": JSON_SPLITS, "clean": JSON_SPLITS}
+    cub = tmp_path / "fgvc" / "cub"
+    cub.mkdir(parents=True)
+    for s in ("train", "test"):
+        (cub / f"{s}.json").write_text("{}")
+    for protocol in ("paper", "clean"):
+        problems = preflight.check_data("fgvc", tmp_path / "fgvc", ["cub"], protocol)
+        assert len(problems) == 1 and "missing split file(s) val.json" in problems[0], problems
+    p = _sweep("householder_fgvc.sh", {"OUT": str(tmp_path / "out"), "FGVC_ROOT": str(tmp_path / "fgvc"),
+                                       "TASKS": "cub", "WEIGHTS": "none"})
+    assert p.returncode == 3 and "missing split file(s) val.json" in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()
+    (cub / "val.json").write_text("{}")
+    assert preflight.check_data("fgvc", tmp_path / "fgvc", ["cub"], "paper") == []
+
+
+def test_invalid_yaml_config_is_one_error_line(tmp_path):
+    """A config that is not YAML: taskcfg raises its ConfigError naming the file and the line; the sweep script, its
+    dry run and verify.py each print one error line and exit non-zero, no traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("benchmark: vtab\ntasks: [a, b\n  c: {\n")
+    with pytest.raises(taskcfg.ConfigError, match=r"bad\.yaml: not valid YAML at line \d+, column \d+"):
+        taskcfg.load(bad)
+    p = subprocess.run(["python", "-m", "reproduce.taskcfg", str(bad), "--get", "benchmark"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"error: {bad}: not valid YAML")
+    for args in (("--dry-run",), ()):
+        p = _sweep("householder_vtab.sh", {"CONFIG": str(bad), "OUT": str(tmp_path / "out")}, *args)
+        assert p.returncode == 2 and p.stdout == "", (p.stdout, p.stderr)
+        assert p.stderr.splitlines() == [p.stderr.strip()] and "not valid YAML" in p.stderr, p.stderr
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    p = subprocess.run(["python", "reproduce/verify.py", str(runs), "--config", str(bad)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stdout == "" and p.stderr.startswith("error: --config: "), p.stderr
+    assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr
+
+
 # ------------------------------------------------------------------------------------------------------- search.py
 def test_choose_prefers_score_then_smaller_lr():
     pts = [({"lr": 0.01}, 80.0), ({"lr": 0.001}, 80.0), ({"lr": 0.1}, 79.0), ({"lr": 0.001, "x": 1}, 80.0)]
@@ -188,15 +232,10 @@ def test_choose_prefers_score_then_smaller_lr():
         search.val_score({"epochs": 2, "history": [{"epoch": 2, "test_acc": 1.0}]})
 
 
-def test_search_selects_on_val_and_writes_the_config(tmp_path, monkeypatch):
-    """The staged search over already finished trials (their results.json exist, so nothing trains): stage 1 picks
-    the lr/wd, stage 2 the batch/dropout around it; the rewritten config is valid and documented."""
-    cfg = tmp_path / "hta_vtab.yaml"
-    cfg.write_text((ROOT / "reproduce/configs/hta_vtab.yaml").read_text())
-    spec = taskcfg.load(cfg)
-    out = tmp_path / "runs" / "hta_vtab_search" / "dtd"
-
-    def score(p):  # best: lr 0.005, wd 0.001 in stage 1 (tie at lr 0.01 loses), then batch 16 / dropout 0
+def _finished_trials(spec: dict, tmp_path: Path, task: str, stem: str = "hta_vtab") -> tuple[list, list]:
+    """results.json of every staged-search trial of ``task`` (so a search trains nothing), and its VTAB split files.
+    Best: lr 0.005, wd 0.001 in stage 1 (the tie at lr 0.01 loses), then batch 16 / dropout 0 (val top-1 68)."""
+    def score(p):
         s = 60.0 + (5 if (p["lr"], p["weight_decay"]) in ((0.005, 0.001), (0.01, 0.001)) else 0)
         return s + (3 if (p["batch_size"], p["dropout"]) == (16, 0) else 0)
 
@@ -205,18 +244,39 @@ def test_search_selects_on_val_and_writes_the_config(tmp_path, monkeypatch):
     s2 = [{k: p[k] for k in best} for p in search.grid_points(spec["search"]["stage2"],
                                                                {"lr": 0.005, "weight_decay": 0.001})]
     for p in s1 + s2:
-        d = out / search.trial_name(p)
+        d = tmp_path / "runs" / f"{stem}_search" / task / search.trial_name(p)
         d.mkdir(parents=True, exist_ok=True)
         (d / "results.json").write_text(json.dumps({"epochs": 100, "history": [{"epoch": 100,
                                                                                 "val_acc": score(p)}]}))
-    vtab = tmp_path / "vtab" / "dtd"
-    vtab.mkdir(parents=True)
+    vtab = tmp_path / "vtab" / task
+    vtab.mkdir(parents=True, exist_ok=True)
     for s in ("train800", "val200", "test"):
         (vtab / f"{s}.txt").write_text("")
-    assert search.main(["--config", str(cfg), "--tasks", "dtd", "--out", str(tmp_path / "runs"), "--data-root",
-                        str(tmp_path / "vtab"), "--weights", "none"]) == 0
+    return s1, s2
+
+
+def _search(cfg: Path, tmp_path: Path, task: str) -> int:
+    return search.main(["--config", str(cfg), "--tasks", task, "--out", str(tmp_path / "runs"), "--data-root",
+                        str(tmp_path / "vtab"), "--weights", "none"])
+
+
+def test_search_selects_on_val_and_writes_the_config(tmp_path, monkeypatch):
+    """The staged search over already finished trials (their results.json exist, so nothing trains): stage 1 picks
+    the lr/wd, stage 2 the batch/dropout around it; the rewritten config is valid and documented. Only dtd of the 19
+    tasks is searched, so the config says ``selection: partial`` and verify.py calls only dtd val-selected."""
+    cfg = tmp_path / "hta_vtab.yaml"
+    cfg.write_text((ROOT / "reproduce/configs/hta_vtab.yaml").read_text())
+    spec = taskcfg.load(cfg)
+    out = tmp_path / "runs" / "hta_vtab_search" / "dtd"
+    s1, s2 = _finished_trials(spec, tmp_path, "dtd")
+    assert _search(cfg, tmp_path, "dtd") == 0
     new = taskcfg.load(cfg)
-    assert new["selection"] == "val"
+    assert new["selection"] == "partial"  # the other 18 tasks still run the defaults
+    assert taskcfg.searched_tasks(cfg.read_text()) == ["dtd"]
+    assert "# status (reproduce/search.py): 1 of 19 tasks selected on val (dtd); the other 18" in cfg.read_text()
+    note = verify.clean_note(new["selection"], cfg.read_text(), list(new["tasks"]))
+    assert "only for dtd;" in note and "the other tasks (cifar, caltech101," in note and "not val-selected" in note
+    assert verify.clean_note(new["selection"], cfg.read_text(), ["dtd"]) == verify.CLEAN_NOTES["val"]
     chosen = taskcfg.resolve(new, "dtd")
     assert (chosen["lr"], chosen["weight_decay"], chosen["batch_size"], chosen["method_args"]) == \
         (0.005, 0.001, 16, {"rank": 1, "dropout": 0})
@@ -227,6 +287,37 @@ def test_search_selects_on_val_and_writes_the_config(tmp_path, monkeypatch):
     summary = json.loads((out / "search.json").read_text())
     assert len(summary["trials"]) == len(s1) + len(s2) - 1  # the stage-1 anchor is not run twice
     assert summary["chosen"] == {"lr": 0.005, "weight_decay": 0.001, "batch_size": 16, "dropout": 0}
+
+
+def test_search_of_every_task_sets_selection_val_and_verify_says_so(tmp_path, capsys):
+    """Searching the tasks one by one: ``partial`` after the first, ``val`` once every task of the config has
+    search-selected values; verify.py's clean-column note follows (benchmarks.md §6.2)."""
+    text = (ROOT / "reproduce/configs/hta_vtab.yaml").read_text()
+    head, tasks = text.split("\ntasks:", 1)
+    keep = [line for line in tasks.splitlines()[1:] if line.startswith(("  cifar:", "  dtd:"))]
+    cfg = tmp_path / "hta_two.yaml"
+    cfg.write_text(head + "\ntasks:\n" + "\n".join(keep) + "\n")
+    spec = taskcfg.load(cfg)
+    assert list(spec["tasks"]) == ["cifar", "dtd"] and spec["selection"] == "default"
+    for task in ("cifar", "dtd"):
+        _finished_trials(spec, tmp_path, task, stem="hta_two")
+    assert _search(cfg, tmp_path, "dtd") == 0
+    assert taskcfg.load(cfg)["selection"] == "partial"
+    assert _search(cfg, tmp_path, "cifar") == 0
+    new = taskcfg.load(cfg)
+    assert new["selection"] == "val" and taskcfg.searched_tasks(cfg.read_text()) == ["cifar", "dtd"]
+    assert cfg.read_text().count("# status (reproduce/search.py):") == 1  # rewritten, not appended
+    assert "# status (reproduce/search.py): every task (2) selected on val" in cfg.read_text()
+    assert taskcfg.resolve(new, "cifar")["lr"] == 0.005 and taskcfg.undocumented(cfg) == []
+    runs = tmp_path / "sweep"
+    (runs / "cifar" / "seed42").mkdir(parents=True)
+    (runs / "cifar" / "seed42" / "results.json").write_text(json.dumps({
+        "dataset": "cifar", "protocol": "paper", "seed": 42, "arch": "vit_base_patch16_224", "acc_best_test": 70.0,
+        "acc_last": 69.0, "pretrained": {"source": "vit_base_patch16_224.orig_in21k"}}))
+    capsys.readouterr()
+    assert verify.main([str(runs), "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert verify.CLEAN_NOTES["val"] in out and "only for" not in out
 
 
 def test_search_refuses_to_score_stale_trials(tmp_path):

@@ -175,6 +175,44 @@ def test_cli_text_markdown_and_strict(hta_sweep, tmp_path, capsys):
     assert verify.main([str(root), "--strict", "--tolerance", "2.5", "--tasks", "cifar,dtd"]) == 0
 
 
+def test_missing_run_folder_is_one_error_line_exit_2(hta_sweep, tmp_path, capsys):
+    """A mistyped sweep folder is bad input (it printed a table of "—" and exited 0); an existing folder with tasks
+    missing keeps its table, with --strict deciding the exit status."""
+    root, _ = hta_sweep
+    typo = tmp_path / "hta_vtb"
+    for argv in ([str(typo)], [str(typo), "--config", str(ROOT / "reproduce/configs/hta_vtab.yaml"), "--strict"]):
+        assert verify.main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured
+        assert captured.err.startswith(f"error: {typo}: no such run folder; pass the sweep's folder")
+    (root / "kitti" / "seed42" / "results.json").unlink()
+    assert verify.main([str(root)]) == 0 and "Missing results (1): kitti" in capsys.readouterr().out
+    empty = tmp_path / "empty" / "hta_vtab"
+    empty.mkdir(parents=True)
+    assert verify.main([str(empty)]) == 0 and verify.main([str(empty), "--strict"]) == 1
+
+
+def test_unwritable_markdown_is_one_error_line_and_writes_nothing(hta_sweep, tmp_path, capsys, monkeypatch):
+    root, _ = hta_sweep
+    for md, why in ((tmp_path / "no" / "dir" / "t.md", "does not exist"), (tmp_path, "is a folder")):
+        assert verify.main([str(root), "--markdown", str(md)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured  # checked before the table
+        assert captured.err.startswith(f"error: --markdown {md}: ") and why in captured.err
+    assert not (tmp_path / "no").exists()
+    md = tmp_path / "report.md"  # a write that fails after the check: one line, exit 2, no partial or temp file
+    def full_disk(self, target):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "replace", full_disk)
+        assert verify.main([str(root), "--markdown", str(md)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --markdown {md}: cannot write (No space left on device); pass a path in a writable folder\n"
+    assert sorted(tmp_path.iterdir()) == [root]
+    assert verify.main([str(root), "--markdown", str(md)]) == 0 and md.read_text().startswith("## hta_vtab")
+
+
 def test_seeds_are_averaged_and_clean_runs_get_their_own_column(tmp_path):
     root = tmp_path / "snell_fgvc"
     for seed, acc in ((0, 89.0), (1, 90.0), (2, 91.0)):
