@@ -71,6 +71,12 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "drop_path_rate": (None, "backbone stochastic depth (default: the method's, e.g. 0.1 for SNELL)"),
     "norm": ("imagenet", "input normalisation: 'imagenet' mean/std or 'half' (0.5/0.5)"),
     "fgvc_aug": ("rrc", "FGVC train augmentation: 'rrc' (random-resized-crop + flip) or 'resize_crop'"),
+    "fgvc_interpolation": ("bilinear", "FGVC train resampling: 'bilinear' (torchvision's default: ARC, HTA) or "
+                                       "'bicubic' (timm's: SNELL, snell.md §8.1)"),
+    "fgvc_source": ("cache", "FGVC training images: 'cache' (crops of the decoded 256-px centre squares: fast, with the "
+                             "deviations data/fgvc.py lists) or 'images' (the original files decoded every epoch with "
+                             "the papers' torchvision transforms: exact, slower; data/images.py)"),
+    "data_workers": (None, "processes decoding images for fgvc_source 'images' (default: min(8, CPU count))"),
     "color_jitter": (0.0, "FGVC train augmentation: brightness/contrast/saturation jitter strength in [0, 1] "
                           "(timm's color_jitter; SNELL uses 0.4); 0 = off"),
     "seed": (42, "random seed"),
@@ -88,7 +94,8 @@ OPTIONS: dict[str, tuple[object, str]] = {
 }
 CHOICES = {"compile": ("none", "default", "reduce-overhead", "max-autotune"), "optimizer": ("adamw", "sgd"),
            "wd_scope": ("matrices", "all"), "schedule": ("per_step", "per_epoch_timm"), "norm": ("imagenet", "half"),
-           "fgvc_aug": ("rrc", "resize_crop"), "precision": ("fp32", "bf16"), "protocol": ("paper", "clean")}
+           "fgvc_aug": ("rrc", "resize_crop"), "fgvc_interpolation": ("bilinear", "bicubic"),
+           "fgvc_source": ("cache", "images"), "precision": ("fp32", "bf16"), "protocol": ("paper", "clean")}
 
 def _float_or_none(text: str) -> float | None:
     return None if text.lower() in ("none", "null", "") else float(text)
@@ -99,7 +106,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 TYPES = {"lr": float, "grad_clip": _float_or_none, "drop_path_rate": _float_or_none, "warmup_epochs": int, "epochs": int,
-         "img_size": int, "no_decay": _names}
+         "img_size": int, "no_decay": _names, "data_workers": int}
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "prompt")
 
 
@@ -245,6 +252,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
     for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "eval_last", "img_size"):
         if int(cfg[key]) < 1:
             raise RunError(f"{key} must be >= 1, got {cfg[key]}")
+    if cfg["data_workers"] is not None and int(cfg["data_workers"]) < 0:
+        raise RunError(f"data_workers must be >= 0 (0: decode in the training process), got {cfg['data_workers']}")
     if cfg["device"] is None:
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -405,6 +414,9 @@ def build_data(cfg: dict):
     if cfg.get("color_jitter") and benchmark != "fgvc":
         raise RunError(f"color_jitter={cfg['color_jitter']:g}: colour jitter is part of the FGVC train augmentation; "
                        f"{name} ({benchmark}) trains without augmentation (benchmarks.md §4), so set it to 0")
+    if cfg.get("fgvc_source", "cache") != "cache" and benchmark != "fgvc":
+        raise RunError(f"fgvc_source={cfg['fgvc_source']}: only FGVC trains from image files; {name} ({benchmark}) "
+                       "is read from its cache (no augmentation, benchmarks.md §4), so set it to cache")
     key = ("vtab" if benchmark == "demo" else benchmark, cfg["protocol"])
     train_name, val_name = SPLITS[key]
     load = lambda split: data.load_split(name, cfg["data_root"], split, img_size=cfg["img_size"],  # noqa: E731
@@ -416,9 +428,18 @@ def build_data(cfg: dict):
                                                                                            data.HALF_STD)
     common = dict(mean=mean, std=std, img_size=cfg["img_size"], device=cfg["device"])
     # VTAB / demo: no augmentation (benchmarks.md §4); FGVC: fgvc_aug, plus colour jitter when color_jitter > 0
-    aug = (data.Aug(cfg["fgvc_aug"], color_jitter=cfg.get("color_jitter") or 0.0) if benchmark == "fgvc" else None)
-    loaders = {"train": data.Loader(splits["train"], cfg["batch_size"], shuffle=True, train=True, seed=cfg["seed"],
-                                    aug=aug, **common)}
+    aug = (data.Aug(cfg["fgvc_aug"], color_jitter=cfg.get("color_jitter") or 0.0,
+                    interpolation=cfg.get("fgvc_interpolation", "bilinear")) if benchmark == "fgvc" else None)
+    if benchmark == "fgvc" and cfg.get("fgvc_source") == "images":  # exact: the original files, every epoch
+        from data.fgvc import fgvc_files
+
+        _, _, paths, labels, _ = fgvc_files(name, cfg["data_root"], train_name)
+        loaders = {"train": data.ImageLoader(paths, labels, cfg["batch_size"], aug, cfg["img_size"], mean=mean,
+                                             std=std, device=cfg["device"], seed=cfg["seed"],
+                                             num_workers=cfg.get("data_workers"))}
+    else:
+        loaders = {"train": data.Loader(splits["train"], cfg["batch_size"], shuffle=True, train=True,
+                                        seed=cfg["seed"], aug=aug, **common)}
     for split in ("val", "test"):
         if split in splits:
             loaders[split] = data.Loader(splits[split], cfg["eval_batch_size"], shuffle=False, train=False,
@@ -463,6 +484,7 @@ def eval_epochs(cfg: dict) -> set[int]:
 
 
 def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dict | None:
+    import data
     import models
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -600,6 +622,7 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
         "optimizer": cfg.get("optimizer", "adamw"), "weight_decay": cfg["weight_decay"],
         "batch_size": cfg["batch_size"], "img_size": cfg["img_size"], "norm": cfg["norm"],
         "color_jitter": cfg.get("color_jitter", 0.0), "train_aug": dataclasses.asdict(loaders["train"].aug),
+        "train_source": "image files" if isinstance(loaders["train"], data.ImageLoader) else "cache",
         "acc_last": at_last.get("test_acc"),
         "acc_initial": state.get("acc_initial"), "acc_best_test": None, "acc_best_test_epoch": None,
         "acc_best_test_note": "maximum over evaluated epochs, selected on the TEST set (paper protocol)",

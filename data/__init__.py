@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import DataError
+from .images import ImageLoader
 from .loader import AUG_KINDS, HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, Aug, Loader
 from .split import Split
 from .tasks import (DEMO_NUM_CLASSES, DEMO_TASKS, FGVC_DATASETS, FGVC_NUM_CLASSES, FGVC_SPLIT_SIZES, FGVC_SPLITS,
@@ -37,7 +38,7 @@ from .tasks import (DEMO_NUM_CLASSES, DEMO_TASKS, FGVC_DATASETS, FGVC_NUM_CLASSE
 from .cache import default_cache_dir
 
 __all__ = [
-    "DataError", "Split", "Loader", "Aug", "AUG_KINDS", "load_split", "resolve_task", "make_demo",
+    "DataError", "Split", "Loader", "ImageLoader", "Aug", "AUG_KINDS", "load_split", "resolve_task", "make_demo",
     "normalization", "default_cache_dir",
     "VTAB_TASKS", "VTAB_GROUPS", "VTAB_NUM_CLASSES", "VTAB_TEST_SIZES", "VTAB_SPLITS", "VTAB_SPLIT_SIZES",
     "FGVC_DATASETS", "FGVC_NUM_CLASSES", "FGVC_SPLIT_SIZES", "FGVC_SPLITS", "DEMO_TASKS", "DEMO_NUM_CLASSES",

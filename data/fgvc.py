@@ -22,9 +22,12 @@ PIL ``Resize(R)`` on the shorter side (bilinear, torchvision's rounding), then t
   papers crop from the whole ``256 x (256*aspect)`` image, we crop from its centre
   ``256 x 256`` square, so the crop never reaches the outer ends of the long side;
 * train ``rrc`` (timm / SNELL / HTA): RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + flip,
-  done batched on tensors with bilinear ``grid_sample``.  *Deviations*: the crop box is sampled
-  on the centre square rather than the original image, the source is the 256-px image rather
-  than full resolution, and the resampling is bilinear without antialiasing (timm: PIL bicubic).
+  done batched on tensors with ``grid_sample`` (bilinear, or bicubic with ``Aug.interpolation``, SNELL's).
+  *Deviations*: the crop box is sampled on the centre square rather than the original image, the source
+  is the 256-px image rather than full resolution, and the resampling has no antialiasing (PIL's has).
+
+``train.py --fgvc-source images`` (:class:`data.ImageLoader`, data/images.py) has none of these deviations: it
+decodes the original files every epoch and applies the papers' torchvision transforms.
 """
 from __future__ import annotations
 
@@ -120,10 +123,10 @@ def resolve_image(ds_dir: Path, key: str, json_path: Path) -> Path:
                     f"the extracted dataset folder, or regenerate the split with python -m data.fgvc_splits")
 
 
-def load_fgvc_split(dataset: str, root: str | Path | None, split: str, img_size: int = 224,
-                    cache_dir: str | Path | None = None, *, strict_counts: bool = True,
-                    interpolation: str = "bilinear", use_cache: bool = True, num_workers: int | None = None,
-                    verbose: bool = False) -> Split:
+def fgvc_files(dataset: str, root: str | Path | None, split: str, *, strict_counts: bool = True
+               ) -> tuple[Path, list[str], list[Path], list[int], list[int]]:
+    """The files of one FGVC split without decoding them: (dataset folder, keys, image paths, labels 0..C-1 of the
+    global class map, sorted class ids), in key order. Checks what :func:`load_fgvc_split` needs (BENCH-5)."""
     _, canonical = resolve_task(dataset)
     if split not in FGVC_SPLITS:
         raise DataError(f"unknown FGVC split {split!r}; use one of {', '.join(FGVC_SPLITS)}")
@@ -156,6 +159,17 @@ def load_fgvc_split(dataset: str, root: str | Path | None, split: str, img_size:
             keys.append(k)
             labels.append(index[files[s][k]])
             paths.append(resolve_image(ds_dir, k, jp))
+    return ds_dir, keys, paths, labels, ids
+
+
+def load_fgvc_split(dataset: str, root: str | Path | None, split: str, img_size: int = 224,
+                    cache_dir: str | Path | None = None, *, strict_counts: bool = True,
+                    interpolation: str = "bilinear", use_cache: bool = True, num_workers: int | None = None,
+                    verbose: bool = False) -> Split:
+    _, canonical = resolve_task(dataset)
+    ds_dir, keys, paths, labels, ids = fgvc_files(dataset, root, split, strict_counts=strict_counts)
+    C = len(ids)
+    parts = ["train", "val"] if split == "trainval" else [split]
     shas = {f"{s}.json": _cache.sha256_file(ds_dir / f"{s}.json") for s in JSON_SPLITS}
     R = stored_size_for(img_size)
     describe = (lambda i: f"{keys[i]}")

@@ -54,10 +54,13 @@ class Aug:
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     color_jitter: float = 0.0
+    interpolation: str = "bilinear"  # rrc resampling: bilinear (torchvision's default) or bicubic (timm's, SNELL)
 
     def __post_init__(self) -> None:
         if self.kind not in AUG_KINDS:
             raise DataError(f"unknown augmentation {self.kind!r}; use one of {', '.join(AUG_KINDS)}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise DataError(f"unknown interpolation {self.interpolation!r}; use bilinear or bicubic")
 
 
 def make_aug(aug: Any, benchmark: str) -> Aug:
@@ -234,7 +237,9 @@ class Loader:
         elif a.kind == "rrc":
             theta = rrc_theta(B, H, H, a.scale, a.ratio, a.hflip, g).to(dev)
             grid = F.affine_grid(theta, [B, x.shape[1], S, S], align_corners=False)
-            x = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+            x = F.grid_sample(x.float(), grid, mode=a.interpolation, padding_mode="border", align_corners=False)
+            if a.interpolation == "bicubic":  # bicubic overshoots: back into the pixel range, as PIL's is
+                x = x.clamp_(0, 255)
         jitter = bool(a.color_jitter) and g is not None and a.kind != "none"
         if x.dtype == torch.uint8 and not jitter:
             return self._to_float(x, normalise=True)
