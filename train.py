@@ -267,6 +267,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if cfg["out"] is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg["out"] = str(ROOT / "runs" / f"{cfg['dataset']}_{cfg['method']}_{stamp}")
+    cfg["out"] = str(Path(cfg["out"]).resolve())
     return cfg
 
 
@@ -326,11 +327,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float, scope: str, names:
             if g["params"]]
 
 
+def train_aug_record(aug) -> dict:
+    """The training augmentation as results.json records it: every field of ``data.Aug``, or only its kind when
+    there is none (VTAB trains without augmentation, benchmarks.md §4: crop and resampling fields would not apply)."""
+    return dataclasses.asdict(aug) if aug.kind != "none" else {"kind": "none"}
+
+
 def split_provenance(splits: dict) -> dict:
-    """What results.json records of each split (benchmarks.md §8): its name and size, the split files' SHA-256, the
-    image format (VTAB: JPEG as converted for the papers, or lossless PNG) with the converter's manifest, and whether
-    an FGVC split was regenerated (``split=regenerated``: not VPT's split)."""
-    keep = ("sha256", "format", "regenerated", "manifest")
+    """What results.json records of each split (benchmarks.md §4, §8): its name and size, the split files' SHA-256,
+    the image format (VTAB: JPEG as converted for the papers, or lossless PNG) with the converter's manifest, the
+    resize filter of the stored images, and whether an FGVC split was regenerated (``split=regenerated``)."""
+    keep = ("sha256", "format", "resize", "regenerated", "manifest")
     return {k: {"name": s.split, "n": len(s), **{kk: s.info[kk] for kk in keep if kk in s.info}}
             for k, s in splits.items()}
 
@@ -621,7 +628,7 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
         "precision": cfg["precision"], "epochs": cfg["epochs"], "lr": cfg["lr"], "peak_lr": peak_lr(cfg),
         "optimizer": cfg.get("optimizer", "adamw"), "weight_decay": cfg["weight_decay"],
         "batch_size": cfg["batch_size"], "img_size": cfg["img_size"], "norm": cfg["norm"],
-        "color_jitter": cfg.get("color_jitter", 0.0), "train_aug": dataclasses.asdict(loaders["train"].aug),
+        "color_jitter": cfg.get("color_jitter", 0.0), "train_aug": train_aug_record(loaders["train"].aug),
         "train_source": "image files" if isinstance(loaders["train"], data.ImageLoader) else "cache",
         "acc_last": at_last.get("test_acc"),
         "acc_initial": state.get("acc_initial"), "acc_best_test": None, "acc_best_test_epoch": None,
@@ -662,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             if (out / "results.json").exists():
                 raise RunError(f"--resume {out}: the run already finished (results.json exists)")
             cfg = json.loads((out / "config.json").read_text())
+            cfg["out"] = str(out.resolve())  # the folder given, wherever the run was started or moved or copied to
         else:
             cfg = resolve_config(args)
             out = Path(cfg["out"])

@@ -46,9 +46,12 @@ def tiny_task(root: Path, task: str, n=(8, 4, 6), size=12, fmt="png", seed=0, fo
 
 
 def pil_resize(path: Path, size: int) -> np.ndarray:
+    """The papers' VTAB transform itself: torchvision ``Resize((size, size), bicubic)`` on the PIL image."""
+    from torchvision import transforms as T
+
     with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(im).transpose(2, 0, 1)
+        resized = T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC)(im.convert("RGB"))
+    return T.PILToTensor()(resized).numpy()
 
 
 # ------------------------------------------------------------------------------------------- names

@@ -284,4 +284,5 @@ def test_results_record_a_regenerated_split_and_the_image_format(tmp_path):
     prov = train.split_provenance({s: load_split("cub", d, s, **kw) for s in ("train", "test")})
     assert prov["train"]["regenerated"] is True and prov["test"]["regenerated"] is True
     assert prov["train"]["format"] == "jpg" and "train.json" in prov["train"]["sha256"]
+    assert prov["train"]["resize"] == "bilinear"  # torchvision Resize(256)'s default, as the papers' loaders
     assert prov["train"]["n"] == 3 * 4 - 3 and prov["test"]["n"] == 3 * 2

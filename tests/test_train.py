@@ -162,6 +162,8 @@ def test_clean_protocol_scores_val_at_the_last_epoch_and_eval_merge_agrees(cache
          "--method-args", "rank=2", "--out", out], cache)
     res = json.loads((out / "results.json").read_text())
     assert res["splits"]["train"]["name"] == "train800" and res["splits"]["val"]["name"] == "val200"
+    # VTAB-style: stored bicubic (the papers' Resize((224, 224))), no augmentation, so no crop/resampling fields
+    assert res["splits"]["train"]["resize"] == "bicubic" and res["train_aug"] == {"kind": "none"}
     assert res["acc_best_test"] is None and res["acc_val_last"] == res["history"][-1]["val_acc"]
     assert res["acc_last"] == res["history"][-1]["test_acc"] and res["method_args"]["rank"] == 2
     os.environ["VIT_PEFT_CACHE"] = str(cache)
@@ -248,6 +250,24 @@ def test_unwritable_out_resume_misuse_and_unreachable_weights_give_one_line(cach
     p = run(["--dataset", "demo", *FAST, "--pretrained", bad, "--epochs", "1", "--out", tmp_path / "npz"], cache,
             expect=2)
     assert f"{bad} is not a readable .npz" in p.stderr
+
+
+def test_resume_continues_the_folder_it_is_given(cache, tmp_path, monkeypatch):
+    # a run started with a relative --out, then copied: resuming the copy from elsewhere trains and writes the copy
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    run(["--method", "linear", "--dataset", "demo", *FAST, "--epochs", "2", "--out", "orig",
+         "--stop-after-epochs", "1"], cache)
+    before = (tmp_path / "orig" / "train_state.pt").read_bytes()
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run(["--resume", tmp_path / "copy"], cache)
+    assert (tmp_path / "copy" / "results.json").exists() and not (tmp_path / "orig" / "results.json").exists()
+    assert (tmp_path / "orig" / "train_state.pt").read_bytes() == before  # the original is untouched
+    assert not (elsewhere / "orig").exists()
 
 
 def test_nan_loss_stops_naming_epoch_and_step(cache, tmp_path):
