@@ -1,7 +1,11 @@
 """Evaluate a finished run, or a checkpoint saved by the official ARC / SNELL code.
 
     python eval.py --run runs/cifar_hta_... [--split test] [--merge]
-    python eval.py --checkpoint arc_cub.pth --format arc --arch vit_base_patch16_224 --dataset cub --data-root ...
+    python eval.py --checkpoint arc_cub.pth --format arc --dataset cub --data-root ...
+    python eval.py --checkpoint snell_cub.pth --format snell --sparsity 0.3 --dataset cub --data-root ...
+
+``--checkpoint`` reads the architecture, input size, head, ARC's d and variant and SNELL's rank from the state dict
+(flags that contradict it are refused); SNELL's sparsity is not stored in it and must be given.
 
 ``--run`` rebuilds the model from the run's config.json (same arch, backbone weights and method arguments), loads the
 trained tensors from adapter.safetensors and reports top-1. ``--merge`` also folds the method into a plain ViT
@@ -55,38 +59,73 @@ def model_from_run(run: Path, device: str):
                          f"{sorted(expected - set(tensors))[:3]}, unexpected {sorted(set(tensors) - expected)[:3]}")
     results = run / "results.json"
     if results.exists():
-        want = json.loads(results.read_text()).get("pretrained", {}).get("sha256")
-        got = model.pretrained_info.get("sha256")
-        if want and got and want != got:
-            raise T.RunError(f"backbone weights {cfg['pretrained']} (sha256 {got[:12]}…) differ from those the run "
-                             f"was trained with ({want[:12]}…)")
+        recorded = json.loads(results.read_text()).get("pretrained") or {}
+        for key in ("sha256", "backbone_sha256"):  # the weight file's hash, else the loaded tensors' (any source)
+            want, got = recorded.get(key), model.pretrained_info.get(key)
+            if want and got:
+                if want != got:
+                    raise T.RunError(f"backbone weights {cfg['pretrained']} ({key} {got[:12]}…) differ from "
+                                     f"those the run was trained with ({want[:12]}…)")
+                break
     model.load_state_dict(tensors, strict=False)
     return model.to(device), cfg
 
 
 def model_from_official(args) -> tuple[torch.nn.Module, dict]:
+    """A model holding a checkpoint saved by the official ARC or SNELL code. The architecture, input size, head,
+    ARC's bottleneck d, its variant and SNELL's rank are read from the checkpoint (``convert.model_args``); flags
+    that say otherwise are refused. SNELL's sparsity is not stored in a checkpoint: ``--sparsity`` must give it."""
+    import argparse
+    import pickle
+
     import models
     from models import convert
 
     path = Path(args.checkpoint)
     if not path.exists():
         raise T.RunError(f"--checkpoint {path}: file not found")
-    sd = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain containers only (the training scripts may also save their argparse.Namespace)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise T.RunError(f"--checkpoint {path}: holds Python objects other than tensors, which are not loaded "
+                         f"(they could run code): {str(e).splitlines()[0]}. Re-save its state dict with "
+                         "torch.save(model.state_dict(), ...) in the code that wrote it") from None
     for key in ("model", "state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if args.format == "arc":
-        ours, method, kw = convert.from_official_arc(sd, variant=args.variant), args.variant, {}
+        method = args.variant or convert.official_arc_variant(sd)
+        ours, kw = convert.from_official_arc(sd, variant=method), {}
     else:
-        ours, method = convert.from_official_snell(sd, rank=args.rank, sparsity=args.sparsity), "snell"
-        kw = {"rank": args.rank, "sparsity": args.sparsity}
-    model = models.create_model(args.arch, method, num_classes=ours["head.weight"].shape[0], pretrained=None,
-                                img_size=args.img_size, **kw)
+        if args.sparsity is None:
+            raise T.RunError("--format snell needs --sparsity: the official init_thres, which a checkpoint does not "
+                             "store (per-task values: reproduce/configs/snell_*.yaml, snell.md §8.2-8.3)")
+        ours = convert.from_official_snell(sd, rank=args.rank or 2 * _snell_factor_dim(sd), sparsity=args.sparsity)
+        method = "snell"
+    found = convert.model_args(ours)  # arch, num_classes, img_size, dim (ARC) / rank (SNELL)
+    for flag, key in (("--arch", "arch"), ("--img-size", "img_size"), ("--rank", "rank")):
+        given = getattr(args, key)
+        if given is not None and key in found and given != found[key]:
+            raise T.RunError(f"{flag} {given}: the checkpoint holds {found[key]}; drop {flag} or pass {found[key]}")
+    kw = {"rank": found["rank"], "sparsity": args.sparsity} if method == "snell" else {"dim": found["dim"]}
+    model = models.create_model(found["arch"], method, num_classes=found["num_classes"], pretrained=None,
+                                img_size=found["img_size"], **kw)
     model.load_state_dict(ours, strict=True)
-    cfg = {"dataset": args.dataset, "data_root": args.data_root, "img_size": args.img_size, "norm": args.norm,
+    print(f"{path}: official {method} checkpoint, {found['arch']} at {found['img_size']} px, "
+          + ", ".join(f"{k} {v}" for k, v in kw.items()))
+    cfg = {"dataset": args.dataset, "data_root": args.data_root, "img_size": found["img_size"], "norm": args.norm,
            "device": args.device, "precision": args.precision, "eval_batch_size": args.batch_size,
            "cache_dir": args.cache_dir}
     return model.to(args.device), cfg
+
+
+def _snell_factor_dim(sd: dict) -> int:
+    """The last dimension of the official SNELL factors (rank / 2), read from the first In_Qs(_1) tensor."""
+    for k, v in sd.items():
+        if k.endswith(("In_Qs", "In_Qs_1")):
+            return int(v.shape[-1])
+    raise ValueError("checkpoint holds no SNELL factors (In_Qs / In_Qs_1): not a ssfgunner/SNELL state dict")
 
 
 def main(argv=None) -> int:
@@ -101,12 +140,14 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the run's")
     p.add_argument("--format", choices=("arc", "snell"), help="--checkpoint: which official code saved it")
-    p.add_argument("--variant", choices=("arc", "arc_att"), default="arc", help="--format arc: the ARC variant")
-    p.add_argument("--rank", type=int, default=8, help="--format snell: low_rank_dim")
-    p.add_argument("--sparsity", type=float, default=0.9, help="--format snell: init_thres")
-    p.add_argument("--arch", default="vit_base_patch16_224")
+    p.add_argument("--variant", choices=("arc", "arc_att"), help="--format arc: the ARC variant (default: read "
+                                                                   "from the checkpoint)")
+    p.add_argument("--rank", type=int, help="--format snell: low_rank_dim (default: read from the checkpoint)")
+    p.add_argument("--sparsity", type=float, help="--format snell: init_thres, required (not stored in a checkpoint)")
+    p.add_argument("--arch", help="--checkpoint: checked against the checkpoint's (default: read from it)")
     p.add_argument("--dataset", help="--checkpoint: dataset to evaluate on")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, help="--checkpoint: checked against the checkpoint's (default: read "
+                                                "from it)")
     p.add_argument("--norm", choices=("imagenet", "half"), default="imagenet")
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)
@@ -124,6 +165,9 @@ def main(argv=None) -> int:
             if not args.format or not args.dataset:
                 raise T.RunError("--checkpoint needs --format arc|snell and --dataset")
             model, cfg = model_from_official(args)
+        if args.merge and not model.method.mergeable:
+            raise T.RunError(f"--merge: method {model.method.name!r} adds a computation no weight can express, so it "
+                             "cannot be merged into a plain ViT; drop --merge")
         if args.precision:
             cfg["precision"] = args.precision
         split, loader = load_eval_split(cfg, args.split)

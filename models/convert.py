@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["from_official_arc", "from_official_snell", "model_args"]
+__all__ = ["from_official_arc", "from_official_snell", "official_arc_variant", "model_args"]
 
 _Rule = tuple[str, str, "Callable[[torch.Tensor], torch.Tensor] | None"]
 
@@ -163,11 +163,25 @@ def from_official_arc(state_dict: dict, variant: str = "arc") -> dict:
     if variant not in ("arc", "arc_att"):
         raise ValueError(f"variant must be 'arc' or 'arc_att', got {variant!r}")
     sd = _rename(_unwrap(state_dict), _ARC_RULES, skip=lambda k: False, source="DavidYanAnDe/ARC")
-    if variant == "arc_att" and any(k == "arc.u_mlp" or ".mlp_in." in k for k in sd):
-        raise ValueError("checkpoint holds MLP-side adapters (mlp_down_projection / mlp_adapter): it is an ARC "
-                         "checkpoint, convert it with variant='arc'")
+    found = _arc_variant(sd)
+    if variant != found:
+        what = ("MLP-side adapters (mlp_down_projection / mlp_adapter)" if found == "arc" else
+                "no MLP-side adapters (mlp_down_projection / mlp_adapter; FGVC_ARC_train.py saves ARC_att by default)")
+        raise ValueError(f"checkpoint holds {what}: it is an {found!r} checkpoint, convert it with "
+                         f"variant={found!r} (eval.py: --variant {found}, or leave --variant out)")
     _check_against_model(sd, variant)
     return sd
+
+
+def _arc_variant(sd: dict) -> str:
+    """'arc' when a converted ARC state dict holds the MLP-side adapters, else 'arc_att'."""
+    return "arc" if any(k == "arc.u_mlp" or ".mlp_in." in k for k in sd) else "arc_att"
+
+
+def official_arc_variant(state_dict: dict) -> str:
+    """Which ARC variant an official ``DavidYanAnDe/ARC`` state dict holds: 'arc' (adapters before MHA and FFN) or
+    'arc_att' (before MHA only)."""
+    return _arc_variant(_rename(_unwrap(state_dict), _ARC_RULES, skip=lambda k: False, source="DavidYanAnDe/ARC"))
 
 
 def from_official_snell(state_dict: dict, rank: int = 8, sparsity: float = 0.9) -> dict:

@@ -189,7 +189,7 @@ def _load_timm(model: VisionTransformer, name: str, arch: str) -> dict:
     except Exception as e:  # hub / network / cache failures
         alt = next((f" or download {u} and pass its path" for u, n in _GOOGLE_FILES.values() if n == full), "")
         raise WeightsUnavailable(f"timm could not load the pretrained weights {full!r} ({type(e).__name__}: {e}). "
-                           f"Check the network or the Hugging Face cache (HF_HOME){alt}") from e
+                                 f"Check the network or the Hugging Face cache (HF_HOME){alt}") from e
     sd = ref.state_dict()
     path = _timm_cached_file(dict(ref.pretrained_cfg))
     del ref
@@ -360,7 +360,18 @@ def load_state_dict_into(model: VisionTransformer, state_dict: dict[str, torch.T
     result = model.load_state_dict(sd, strict=False)
     assert not result.unexpected_keys and set(result.missing_keys) <= {"head.weight", "head.bias"}, result
     return {"checkpoint_arch": describe_arch(*ckpt_arch, heads), "qkv_fused": qkv_fused, "ignored_keys": ignored,
-            "pos_embed_resampled": resampled}
+            "pos_embed_resampled": resampled, "backbone_sha256": sha256_tensors(own.keys(), model.state_dict())}
+
+
+def sha256_tensors(names, state_dict: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of the named tensors as loaded (names, dtypes, shapes and bytes, in sorted name order): the
+    backbone's identity whatever file it came from, also when timm leaves no weight file to hash (benchmarks.md §5)."""
+    h = hashlib.sha256()
+    for k in sorted(names):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------- entry

@@ -118,7 +118,7 @@ def test_arc_conversion_errors():
         from_official_arc(missing)
     with pytest.raises(ValueError, match="variant='arc'"):
         from_official_arc(off, variant="arc_att")
-    with pytest.raises(ValueError, match="missing arc.u_mlp"):
+    with pytest.raises(ValueError, match="it is an 'arc_att' checkpoint.*--variant arc_att"):
         from_official_arc(official_arc_state_dict("arc_att"), variant="arc")
     bad = {**off, "transformer.layer.0.att_adapter.adapter_bias": torch.zeros(D + 1)}
     with pytest.raises(ValueError, match="wrong shape.*blocks.0.attn_in.bias"):
@@ -224,3 +224,43 @@ def test_model_args_rejects_unknown_architectures():
         model_args(wide)
     with pytest.raises(ValueError, match="square"):
         model_args(dict(sd, pos_embed=torch.zeros(1, TOKENS + 1, D)))
+
+
+# -------------------------------------------------------------------------------------------------- eval.py
+
+
+def test_eval_py_reads_an_official_checkpoints_shapes_and_refuses_contradicting_flags(tmp_path, monkeypatch, capsys):
+    # eval.py --checkpoint: arch, input size, ARC's d and variant, SNELL's rank come from the checkpoint (an ARC
+    # checkpoint with d = 6 used to be built with d = 50 and crash); SNELL's sparsity, not stored, must be given
+    import argparse
+
+    import eval as E
+
+    monkeypatch.setenv("VIT_PEFT_CACHE", str(tmp_path / "cache"))
+    four = lambda sd, head: {**sd, **{k: v[:4] for k, v in sd.items() if k.startswith(head)}}  # noqa: E731  demo: 4
+    arc = tmp_path / "arc_att.pth"  # as FGVC_ARC_train.py saves it by default, with its argparse.Namespace
+    torch.save({"model": four(official_arc_state_dict("arc_att", d=6), "head_mlp.head."),
+                "args": argparse.Namespace(lr=0.005)}, arc)
+    common = ["--dataset", "demo", "--device", "cpu", "--batch-size", "64"]
+    assert E.main(["--checkpoint", str(arc), "--format", "arc", *common]) == 0
+    out = capsys.readouterr().out
+    assert "official arc_att checkpoint, vit_micro_patch8 at 32 px, dim 6" in out and "% top-1" in out
+    snell = tmp_path / "snell.pth"
+    torch.save(four(official_snell_state_dict(rank=4), "head."), snell)
+    assert E.main(["--checkpoint", str(snell), "--format", "snell", "--sparsity", "0.5", *common]) == 0
+    assert "official snell checkpoint, vit_micro_patch8 at 32 px, rank 4, sparsity 0.5" in capsys.readouterr().out
+    for args, message in ((["--checkpoint", str(snell), "--format", "snell"], "needs --sparsity"),
+                          (["--checkpoint", str(arc), "--format", "arc", "--arch", "vit_base_patch16_224"],
+                           "--arch vit_base_patch16_224: the checkpoint holds vit_micro_patch8"),
+                          (["--checkpoint", str(arc), "--format", "arc", "--img-size", "224"],
+                           "--img-size 224: the checkpoint holds 32"),
+                          (["--checkpoint", str(arc), "--format", "arc", "--variant", "arc"], "--variant arc_att")):
+        assert E.main([*args, *common]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    import datetime
+
+    bad = tmp_path / "bad.pth"  # an arbitrary pickled object (here a date) is not loaded
+    torch.save({"model": official_arc_state_dict("arc_att"), "saved": datetime.date(2026, 11, 27)}, bad)
+    assert E.main(["--checkpoint", str(bad), "--format", "arc", *common]) == 2
+    assert "holds Python objects other than tensors" in capsys.readouterr().err

@@ -141,6 +141,14 @@ def test_npz_drops_pre_logits_and_head_and_gives_the_same_tensors_as_the_state_d
     assert a.pretrained_info["checkpoint_arch"] == "ViT(width 64, depth 2, 2 heads, patch 8)"  # heads read from npz
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa if not k.startswith("head."))  # benchmarks.md §5: identical
+    # ... so the loaded backbone's own hash agrees across file kinds (also recorded where timm leaves no file)
+    assert a.pretrained_info["backbone_sha256"] == b.pretrained_info["backbone_sha256"]
+    assert a.pretrained_info["sha256"] != b.pretrained_info["sha256"]  # while the files differ
+    from models.pretrained import sha256_tensors
+
+    names = [k for k in sa if not k.startswith("head.")]
+    changed = {**sa, names[0]: sa[names[0]] + 1e-7}
+    assert sha256_tensors(names, changed) != a.pretrained_info["backbone_sha256"] == sha256_tensors(names, sa)
 
 
 def test_timm_to_ours_splits_fused_qkv_in_q_k_v_order(ref):
