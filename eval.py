@@ -76,6 +76,7 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
     ARC's bottleneck d, its variant and SNELL's rank are read from the checkpoint (``convert.model_args``); flags
     that say otherwise are refused. SNELL's sparsity is not stored in a checkpoint: ``--sparsity`` must give it."""
     import argparse
+    import contextlib
     import pickle
 
     import models
@@ -85,7 +86,12 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
     if not path.exists():
         raise T.RunError(f"--checkpoint {path}: file not found")
     try:  # tensors and plain containers only (the training scripts may also save their argparse.Namespace)
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5
+            allow = torch.serialization.safe_globals([argparse.Namespace])
+        else:
+            getattr(torch.serialization, "add_safe_globals", lambda _: None)([argparse.Namespace])
+            allow = contextlib.nullcontext()
+        with allow:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise T.RunError(f"--checkpoint {path}: holds Python objects other than tensors, which are not loaded "

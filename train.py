@@ -108,6 +108,7 @@ def _names(text: str) -> tuple[str, ...]:
 TYPES = {"lr": float, "grad_clip": _float_or_none, "drop_path_rate": _float_or_none, "warmup_epochs": int, "epochs": int,
          "img_size": int, "no_decay": _names, "data_workers": int}
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "prompt")
+WHERE = ("device", "data_root", "cache_dir", "data_workers")  # options a --resume may change: where, not what
 
 
 class RunError(Exception):
@@ -256,19 +257,29 @@ def resolve_config(args: argparse.Namespace) -> dict:
         raise RunError(f"data_workers must be >= 0 (0: decode in the training process), got {cfg['data_workers']}")
     if cfg["device"] is None:
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(cfg["device"]).type
-    except RuntimeError:
-        kind = None
-    if kind not in ("cpu", "cuda"):
-        raise RunError(f"device {cfg['device']!r}: use cuda, cuda:N or cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"device {cfg['device']!r}: no CUDA device is visible here; use --device cpu")
+    check_device(cfg["device"])
     if cfg["out"] is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg["out"] = str(ROOT / "runs" / f"{cfg['dataset']}_{cfg['method']}_{stamp}")
-    cfg["out"] = str(Path(cfg["out"]).resolve())
+    # absolute paths in config.json: a run can be resumed from any directory (weights: only when a file is named)
+    for key in ("out", "data_root", "cache_dir"):
+        if cfg[key] is not None:
+            cfg[key] = str(Path(cfg[key]).expanduser().resolve())
+    if cfg["pretrained"] not in (None, "none") and Path(cfg["pretrained"]).expanduser().is_file():
+        cfg["pretrained"] = str(Path(cfg["pretrained"]).expanduser().resolve())
     return cfg
+
+
+def check_device(device: str) -> None:
+    """``device`` names a CPU or a visible CUDA device, else one RunError naming the fix."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise RunError(f"device {device!r}: use cuda, cuda:N or cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device {device!r}: no CUDA device is visible here; use --device cpu")
 
 
 # ------------------------------------------------------------------------------------------------------- schedules
@@ -337,7 +348,7 @@ def split_provenance(splits: dict) -> dict:
     """What results.json records of each split (benchmarks.md §4, §8): its name and size, the split files' SHA-256,
     the image format (VTAB: JPEG as converted for the papers, or lossless PNG) with the converter's manifest, the
     resize filter of the stored images, and whether an FGVC split was regenerated (``split=regenerated``)."""
-    keep = ("sha256", "format", "resize", "regenerated", "manifest")
+    keep = ("sha256", "format", "resize", "source", "regenerated", "manifest")
     return {k: {"name": s.split, "n": len(s), **{kk: s.info[kk] for kk in keep if kk in s.info}}
             for k, s in splits.items()}
 
@@ -428,7 +439,13 @@ def build_data(cfg: dict):
     train_name, val_name = SPLITS[key]
     load = lambda split: data.load_split(name, cfg["data_root"], split, img_size=cfg["img_size"],  # noqa: E731
                                          cache_dir=cfg["cache_dir"])
-    splits = {"train": load(train_name), "test": load("test")}
+    exact = benchmark == "fgvc" and cfg.get("fgvc_source") == "images"  # FGVC training from the files themselves
+    if exact:
+        from data.fgvc import fgvc_file_split
+
+        splits = {"train": fgvc_file_split(name, cfg["data_root"], train_name), "test": load("test")}
+    else:
+        splits = {"train": load(train_name), "test": load("test")}
     if val_name:
         splits["val"] = load(val_name)
     mean, std = (data.IMAGENET_MEAN, data.IMAGENET_STD) if cfg["norm"] == "imagenet" else (data.HALF_MEAN,
@@ -437,11 +454,9 @@ def build_data(cfg: dict):
     # VTAB / demo: no augmentation (benchmarks.md §4); FGVC: fgvc_aug, plus colour jitter when color_jitter > 0
     aug = (data.Aug(cfg["fgvc_aug"], color_jitter=cfg.get("color_jitter") or 0.0,
                     interpolation=cfg.get("fgvc_interpolation", "bilinear")) if benchmark == "fgvc" else None)
-    if benchmark == "fgvc" and cfg.get("fgvc_source") == "images":  # exact: the original files, every epoch
-        from data.fgvc import fgvc_files
-
-        _, _, paths, labels, _ = fgvc_files(name, cfg["data_root"], train_name)
-        loaders = {"train": data.ImageLoader(paths, labels, cfg["batch_size"], aug, cfg["img_size"], mean=mean,
+    if exact:  # the original files, decoded and transformed every epoch (data/images.py)
+        tr = splits["train"]
+        loaders = {"train": data.ImageLoader(tr.paths, tr.labels, cfg["batch_size"], aug, cfg["img_size"], mean=mean,
                                              std=std, device=cfg["device"], seed=cfg["seed"],
                                              num_workers=cfg.get("data_workers"))}
     else:
@@ -659,17 +674,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:
             out = Path(args.resume)
-            given = sorted("--" + k.replace("_", "-") for k in vars(args) if k in OPTIONS) + \
+            given = sorted("--" + k.replace("_", "-") for k in vars(args) if k in OPTIONS and k not in WHERE) + \
                 (["--config"] if args.config else []) + (["--overwrite"] if args.overwrite else [])
             if given:
                 raise RunError(f"--resume continues {out} with the options it was started with; drop "
-                               f"{' '.join(given)} (to change them, start a new run with --out)")
+                               f"{' '.join(given)} (to change them, start a new run with --out; only "
+                               f"{', '.join('--' + k.replace('_', '-') for k in WHERE)} may change on a resume)")
             if not (out / "train_state.pt").exists():
                 raise RunError(f"--resume {out}: no checkpoint (train_state.pt) there; start a new run with --out")
             if (out / "results.json").exists():
                 raise RunError(f"--resume {out}: the run already finished (results.json exists)")
             cfg = json.loads((out / "config.json").read_text())
             cfg["out"] = str(out.resolve())  # the folder given, wherever the run was started or moved or copied to
+            for key in WHERE:  # where the run's data, cache and device are on this machine: results do not depend
+                if key in vars(args):
+                    value = getattr(args, key)
+                    cfg[key] = str(Path(value).expanduser().resolve()) if key in ("data_root", "cache_dir") else value
+            check_device(cfg["device"])
         else:
             cfg = resolve_config(args)
             out = Path(cfg["out"])

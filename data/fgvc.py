@@ -162,6 +162,33 @@ def fgvc_files(dataset: str, root: str | Path | None, split: str, *, strict_coun
     return ds_dir, keys, paths, labels, ids
 
 
+def read_split_info(ds_dir: Path) -> dict[str, Any]:
+    """``split_info.json`` of a dataset folder (written by ``data.fgvc_splits``: ``regenerated``, seed, ...), or what
+    its absence means: VPT's original split files."""
+    si = ds_dir / "split_info.json"
+    if not si.is_file():
+        return {"split": "vpt (assumed: no split_info.json)", "regenerated": False}
+    try:
+        return json.loads(si.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"split": "unknown (unreadable split_info.json)", "regenerated": None}
+
+
+def fgvc_file_split(dataset: str, root: str | Path | None, split: str, *, strict_counts: bool = True):
+    """One FGVC split as its image files, not decoded (for ``data.ImageLoader``, ``train.py --fgvc-source
+    images``), with the same provenance as :func:`load_fgvc_split`'s (split files' SHA-256, format, regenerated)."""
+    from .images import FileSplit
+
+    _, canonical = resolve_task(dataset)
+    ds_dir, _, paths, labels, ids = fgvc_files(dataset, root, split, strict_counts=strict_counts)
+    split_info = read_split_info(ds_dir)
+    info = {"benchmark": "fgvc", "dataset": canonical, "split": split, "root": str(ds_dir), "n": len(labels),
+            "sha256": {f"{s}.json": _cache.sha256_file(ds_dir / f"{s}.json") for s in JSON_SPLITS},
+            "format": image_format(paths), "source": "image files, decoded every epoch", "num_classes": len(ids),
+            "regenerated": bool(split_info.get("regenerated")), "split_info": split_info}
+    return FileSplit(name=canonical, split=split, paths=paths, labels=labels, num_classes=len(ids), info=info)
+
+
 def load_fgvc_split(dataset: str, root: str | Path | None, split: str, img_size: int = 224,
                     cache_dir: str | Path | None = None, *, strict_counts: bool = True,
                     interpolation: str = "bilinear", use_cache: bool = True, num_workers: int | None = None,
@@ -182,13 +209,7 @@ def load_fgvc_split(dataset: str, root: str | Path | None, split: str, img_size:
         key_material=material, paths=paths, labels=labels, size=R,
         fn=lambda im: resize_short_center_square(im, R, interpolation), use_cache=use_cache,
         num_workers=num_workers, describe=describe, verbose=verbose)
-    split_info: dict[str, Any] = {"split": "vpt (assumed: no split_info.json)", "regenerated": False}
-    si = ds_dir / "split_info.json"
-    if si.is_file():
-        try:
-            split_info = json.loads(si.read_text())
-        except (OSError, json.JSONDecodeError):
-            split_info = {"split": "unknown (unreadable split_info.json)", "regenerated": None}
+    split_info = read_split_info(ds_dir)
     info: dict[str, Any] = {
         "benchmark": "fgvc", "dataset": canonical, "split": split, "root": str(ds_dir),
         "split_files": [str(ds_dir / f"{s}.json") for s in parts], "sha256": shas, "n": len(labels),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -31,7 +31,7 @@ from PIL import Image
 from .errors import DataError
 from .loader import IMAGENET_MEAN, IMAGENET_STD, Aug, _seed_for
 
-__all__ = ["ImageLoader", "image_transform"]
+__all__ = ["ImageLoader", "FileSplit", "image_transform"]
 
 def image_transform(aug: Aug, img_size: int):
     """The torchvision transform of one training image (PIL RGB → uint8 (3, S, S)) for ``aug``."""
@@ -52,6 +52,22 @@ def image_transform(aug: Aug, img_size: int):
     return T.Compose([*steps, T.PILToTensor()])
 
 
+@dataclass
+class FileSplit:
+    """A split as image files (``data.fgvc.fgvc_file_split``): what :class:`ImageLoader` reads and results.json
+    records, without the decoded array of :class:`data.Split`."""
+    name: str
+    split: str
+    paths: list[Path]
+    labels: list[int]
+    num_classes: int
+    info: dict[str, Any] = field(default_factory=dict)
+    benchmark: str = "fgvc"
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
 class _Files(torch.utils.data.Dataset):
     """Sample i of the current epoch: the transformed image (uint8) and its label, drawn from its own generator."""
 
@@ -68,8 +84,8 @@ class _Files(torch.utils.data.Dataset):
                 img = im.convert("RGB")
         except OSError as e:
             raise DataError(f"{self.paths[i]}: cannot read the image ({e})") from None
-        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator: seed a private one
-            torch.manual_seed(_seed_for(self.seed, self.epoch, 2 + i))
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the CPU generator: seed it privately
+            torch.default_generator.manual_seed(_seed_for(self.seed, self.epoch, 2 + i))  # (not the CUDA ones)
             return self.transform(img), self.labels[i]
 
 
@@ -115,7 +131,10 @@ class ImageLoader:
             self.files, batch_size=self.batch_size, sampler=self.order(epoch).tolist(), num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(_seed_for(self.seed, epoch, 1)))  # its base seed: not global
-        for x, y in batches:
-            x = x.to(self.device, non_blocking=True).float().mul_(self._scale).add_(self._bias)
-            yield x, y.to(self.device, non_blocking=True)
+        try:
+            for x, y in batches:
+                x = x.to(self.device, non_blocking=True).float().mul_(self._scale).add_(self._bias)
+                yield x, y.to(self.device, non_blocking=True)
+        except DataError as e:  # raised in a worker, it arrives wrapped in that worker's traceback: keep the message
+            raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
         self.epoch = epoch + 1

@@ -104,6 +104,9 @@ def test_train_py_trains_fgvc_from_the_image_files(tmp_path, monkeypatch):
     res = json.loads((out / "results.json").read_text())
     assert res["train_source"] == "image files" and res["train_aug"]["kind"] == "resize_crop"
     assert res["train_aug"]["interpolation"] == "bicubic" and res["splits"]["train"]["n"] == 3 * 6 - 3
+    assert res["splits"]["train"]["source"].startswith("image files") and res["splits"]["train"]["regenerated"]
+    assert "resize" not in res["splits"]["train"] and res["splits"]["test"]["resize"] == "bilinear"
+    assert not any("train-" in p.name for p in (tmp_path / "cache").rglob("*"))  # the train split was never cached
     assert len(res["history"]) == 2 and os.path.exists(out / "adapter.safetensors")
     # a VTAB-style task has no image-file path: one clear error
     assert train.main(["--dataset", "demo", "--fgvc-source", "images", "--epochs", "1",

@@ -264,7 +264,11 @@ def test_resume_continues_the_folder_it_is_given(cache, tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    run(["--resume", tmp_path / "copy"], cache)
+    cfg = json.loads((tmp_path / "copy" / "config.json").read_text())
+    (tmp_path / "copy" / "config.json").write_text(json.dumps({**cfg, "device": "mps"}))  # saved on another host
+    p = run(["--resume", tmp_path / "copy"], cache, expect=2)
+    assert "device 'mps'" in p.stderr and "Traceback" not in p.stderr
+    run(["--resume", tmp_path / "copy", "--device", "cpu"], cache)  # where it runs may change on a resume
     assert (tmp_path / "copy" / "results.json").exists() and not (tmp_path / "orig" / "results.json").exists()
     assert (tmp_path / "orig" / "train_state.pt").read_bytes() == before  # the original is untouched
     assert not (elsewhere / "orig").exists()
