@@ -64,8 +64,11 @@ def test_batches_depend_on_seed_and_epoch_only_and_leave_the_training_rng_alone(
         return list(loader)
 
     state = torch.get_rng_state()
-    in_process = epoch(0, 1)
-    assert torch.equal(torch.get_rng_state(), state)  # torchvision's draws came from private generators
+    cuda_seeded = []
+    with pytest.MonkeyPatch.context() as mp:  # nor are the CUDA generators re-seeded (dropout on a GPU draws there)
+        mp.setattr(torch.cuda, "manual_seed_all", lambda s: cuda_seeded.append(s))
+        in_process = epoch(0, 1)
+    assert torch.equal(torch.get_rng_state(), state) and cuda_seeded == []  # torchvision drew from private state
     workers = epoch(2, 1)
     assert [b[1].tolist() for b in in_process] == [b[1].tolist() for b in workers] and len(in_process) == 2
     assert all(torch.equal(a[0], b[0]) for a, b in zip(in_process, workers))  # same crops in worker processes
