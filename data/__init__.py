@@ -15,7 +15,8 @@ split file(s), the resolution, the resize method and the (size, mtime) of every 
 input raises :class:`DataError` naming the file and the fix; no cache entry is written from a
 failed read.
 
-Command-line tools (each prints one ``error:`` line and exits 2 on bad data):
+Command-line tools (each prints one ``error:`` line and exits 2 on unusable input; ``--check`` prints a
+per-task table and exits 1 when a task fails):
 
 * ``python -m data.prepare_vtab --check <root>``  verify a NOAH tree (counts, labels, files,
   class coverage, train800val200 == train800 + val200 by pixel hash, manifest);

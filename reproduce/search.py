@@ -30,7 +30,8 @@ all of them under ``selection: val``, those its note names under ``partial``. ``
 re-run the train800 selection runs.
 
 Knobs as the sweeps (flags win over environment): VTAB_ROOT / FGVC_ROOT, WEIGHTS, ARCH, IMG_SIZE, PRECISION, EPOCHS,
-OUT.
+OUT. ARCH and WEIGHTS default, as the config's sweep script does, to the backbone of its first ``reference`` (ViT-L/16
+for ``hta_vtab_large.yaml``), so the search selects on the backbone the sweep then trains.
 """
 from __future__ import annotations
 
@@ -268,6 +269,21 @@ def search_task(runner: Runner, task: str, out: Path, full: bool) -> dict | None
             "method_keys": [k for k in point if k not in base or k == "method_args"]}
 
 
+BACKBONES = {  # paper-table backbone id (benchmarks.md §5) -> (arch, timm weights)
+    "vit_b16_in21k": ("vit_base_patch16_224", "vit_base_patch16_224.orig_in21k"),
+    "vit_b16_augreg_in21k": ("vit_base_patch16_224", "vit_base_patch16_224.augreg_in21k"),
+    "vit_l16_in21k": ("vit_large_patch16_224", "vit_large_patch16_224.orig_in21k"),
+    "vit_h14_in21k": ("vit_huge_patch14_224", "vit_huge_patch14_224.orig_in21k"),
+}
+
+
+def default_backbone(spec: dict) -> tuple[str, str]:
+    """The architecture and weights a config is meant for: those of its first ``reference`` backbone id (the one its
+    sweep script defaults to), else ViT-B/16 IN-21k. A search must run on the backbone the sweep then trains."""
+    first = next(iter(spec.get("reference") or {}), "vit_b16_in21k")
+    return BACKBONES.get(first, BACKBONES["vit_b16_in21k"])
+
+
 def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
@@ -279,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", help="config to write the chosen values into (default: --config itself)")
     ap.add_argument("--out", default=env("OUT", "runs/reproduce"), help="output root (trials in <out>/<config>_search)")
     ap.add_argument("--data-root", help="default $VTAB_ROOT (data/vtab-1k) or $FGVC_ROOT (data/fgvc)")
-    ap.add_argument("--arch", default=env("ARCH", "vit_base_patch16_224"))
-    ap.add_argument("--weights", default=env("WEIGHTS", "vit_base_patch16_224.orig_in21k"))
+    ap.add_argument("--arch", default=env("ARCH"), help="default: the backbone of the config's first reference "
+                                                         "(hta_vtab_large.yaml: vit_large_patch16_224)")
+    ap.add_argument("--weights", default=env("WEIGHTS"), help="default: as --arch (e.g. <arch>.orig_in21k)")
     ap.add_argument("--img-size", type=int, default=int(env("IMG_SIZE", "224")))
     ap.add_argument("--precision", default=env("PRECISION", "fp32"), choices=("fp32", "bf16"))
     ap.add_argument("--epochs", type=int, default=int(env("EPOCHS")) if env("EPOCHS") else None,
@@ -296,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     except taskcfg.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    arch, weights = default_backbone(spec)
+    args.arch, args.weights = args.arch or arch, args.weights or weights
     bench = spec["benchmark"]
     root = args.data_root or (env("VTAB_ROOT", "data/vtab-1k") if bench == "vtab" else env("FGVC_ROOT", "data/fgvc"))
     from reproduce import preflight

@@ -62,6 +62,7 @@ SWEEP="$OUT/$CONFIG_NAME"
 RUN_SUFFIX=""; [ "$PROTOCOL" = clean ] && RUN_SUFFIX="-clean"   # the two protocols never share a run folder
 
 BENCHMARK="$("$PYTHON" -m reproduce.taskcfg "$CONFIG" --get benchmark)"
+"$PYTHON" -m reproduce.taskcfg "$CONFIG" --check-options   # an option train.py rejects: one line, before any run
 if [ "$BENCHMARK" = vtab ]; then DATA_ROOT="${VTAB_ROOT:-data/vtab-1k}"; else DATA_ROOT="${FGVC_ROOT:-data/fgvc}"; fi
 TASK_LIST="$("$PYTHON" -m reproduce.taskcfg "$CONFIG" --list-tasks ${TASKS:+--select "$TASKS"})"
 if [ -n "${SEED_LIST:-}" ]; then

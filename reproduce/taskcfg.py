@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       "such as cifar100 resolve to the canonical id)")
     ap.add_argument("--get", metavar="KEY", help="print a top-level value (benchmark, selection) or a default")
     ap.add_argument("--check", action="store_true", help="validate option names against train.py and exit")
+    ap.add_argument("--check-options", action="store_true",
+                    help="only the option names and choices train.py would reject: one error line, exit 2 (sweeps)")
     args = ap.parse_args(argv)
     try:
         spec = load(args.config)
@@ -236,6 +238,19 @@ def main(argv: list[str] | None = None) -> int:
             if value is None:
                 raise ConfigError(f"{args.config}: no top-level or default value {args.get!r}")
             print(value)
+            return 0
+        if args.check_options:  # before a sweep trains anything: every run would fail in train.py otherwise
+            import train
+
+            by_problem: dict[str, list[str]] = {}  # "task: problem" -> problem: tasks (a default repeats per task)
+            for p in validate(spec, train.OPTIONS, train.CHOICES):
+                task, _, what = p.partition(": ")
+                by_problem.setdefault(what, []).append(task)
+            if by_problem:
+                said = [f"{what} ({', '.join(t) if len(t) < 4 else f'{len(t)} tasks'})"
+                        for what, t in by_problem.items()]
+                raise ConfigError(f"{args.config}: {'; '.join(said)}; fix the config (names and choices: "
+                                  "python train.py --help)")
             return 0
         if args.check:
             import train

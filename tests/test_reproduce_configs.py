@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -199,6 +200,18 @@ def test_fgvc_preflight_needs_every_json_the_loader_reads(tmp_path):
     assert preflight.check_data("fgvc", tmp_path / "fgvc", ["cub"], "paper") == []
 
 
+def test_a_config_option_train_py_rejects_stops_the_sweep_before_any_run(tmp_path):
+    # each of its runs would otherwise fail in train.py one by one ("failed runs (19)")
+    cfg = tmp_path / "bogus.yaml"
+    cfg.write_text((ROOT / "reproduce/configs/hta_vtab.yaml").read_text().replace(
+        "  seed: 42 ", "  bogus_key: 1                # source: test\n  seed: 42 ", 1))
+    out = tmp_path / "out"
+    p = _sweep("householder_vtab.sh", {"CONFIG": str(cfg), "OUT": str(out), "VTAB_ROOT": str(tmp_path)}, "--dry-run")
+    assert p.returncode == 2 and p.stdout == "" and not out.exists(), (p.stdout, p.stderr)
+    assert p.stderr.strip() == (f"error: {cfg}: 'bogus_key' is not a train.py option (19 tasks); fix the config "
+                                "(names and choices: python train.py --help)")
+
+
 def test_invalid_yaml_config_is_one_error_line(tmp_path):
     """A config that is not YAML: taskcfg raises its ConfigError naming the file and the line; the sweep script, its
     dry run and verify.py each print one error line and exit non-zero, no traceback."""
@@ -344,3 +357,12 @@ def test_search_refuses_to_score_stale_trials(tmp_path):
     args.epochs, args.weights = 1, "vit_base_patch16_224.orig_in21k"
     with pytest.raises(SystemExit, match="another command"):
         runner.trial("dtd", point, folder)
+
+
+@pytest.mark.parametrize("script,name", sorted(SCRIPTS.items()))
+def test_search_defaults_to_the_backbone_its_sweep_trains(script, name):
+    # a search must select hyper-parameters on the backbone the sweep then trains (it used ViT-B for the ViT-L
+    # config unless --arch was given)
+    text = (ROOT / "reproduce" / script).read_text()
+    want = tuple(re.search(rf"^{key}=(\S+)$", text, re.M).group(1) for key in ("DEFAULT_ARCH", "DEFAULT_WEIGHTS"))
+    assert search.default_backbone(taskcfg.load(ROOT / "reproduce" / "configs" / f"{name}.yaml")) == want
