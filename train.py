@@ -73,9 +73,9 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "fgvc_aug": ("rrc", "FGVC train augmentation: 'rrc' (random-resized-crop + flip) or 'resize_crop'"),
     "fgvc_interpolation": ("bilinear", "FGVC train resampling: 'bilinear' (torchvision's default: ARC, HTA) or "
                                        "'bicubic' (timm's: SNELL, snell.md §8.1)"),
-    "fgvc_source": ("cache", "FGVC training images: 'cache' (crops of the decoded 256-px centre squares: fast, with the "
-                             "deviations data/fgvc.py lists) or 'images' (the original files decoded every epoch with "
-                             "the papers' torchvision transforms: exact, slower; data/images.py)"),
+    "fgvc_source": ("cache", "FGVC training images: 'cache' (crops of the decoded 256-px centre squares: fast, with "
+                             "the deviations data/fgvc.py lists) or 'images' (the original files decoded every epoch "
+                             "with the papers' torchvision transforms: exact, slower; data/images.py)"),
     "data_workers": (None, "processes decoding images for fgvc_source 'images' (default: min(8, CPU count))"),
     "color_jitter": (0.0, "FGVC train augmentation: brightness/contrast/saturation jitter strength in [0, 1] "
                           "(timm's color_jitter; SNELL uses 0.4); 0 = off"),
@@ -177,8 +177,8 @@ def load_yaml_config(path: str) -> dict:
         raise RunError(f"--config {path}: expected a mapping of option: value")
     unknown = sorted(set(cfg) - set(OPTIONS))
     if unknown:
-        hint = (" (a sweep config of reproduce/configs/: write one task's flat config with `python -m reproduce.taskcfg "
-                f"{path} <task> --out cfg.yaml`)") if {"defaults", "tasks"} & set(unknown) else ""
+        hint = (" (a sweep config of reproduce/configs/: write one task's flat config with `python -m "
+                f"reproduce.taskcfg {path} <task> --out cfg.yaml`)") if {"defaults", "tasks"} & set(unknown) else ""
         raise RunError(f"--config {path}: unknown option(s) {unknown}; valid: {', '.join(OPTIONS)}{hint}")
     return {k: _config_value(path, k, v) for k, v in cfg.items()}
 
@@ -546,7 +546,9 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
             write_json(out / "config.json", cfg)
         except OSError as e:
             raise RunError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
-    writer = SummaryWriter(log_dir=str(out / "tb"), purge_step=state["step"] if resume else None)
+    # every point is written after the checkpoint of its epoch, so a resumed run never writes a point twice and
+    # nothing needs purging (a purge by step would also drop epoch-indexed points, train/acc, eval/*, perf/*)
+    writer = SummaryWriter(log_dir=str(out / "tb"))
     count_all = models.count_parameters(model)
     count_no_head = models.count_parameters(model, head=False)
     print(f"{cfg['method']} on {dataset} ({benchmark}, {cfg['protocol']} protocol): "
@@ -567,6 +569,7 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         last = f" (previous loss {state['history'][-1]['loss']:.4f})" if state["history"] else ""
+        points: list[tuple[str, float, int]] = []  # (tag, value, step), written once the epoch is checkpointed
         bar = tqdm(loaders["train"], desc=f"epoch {epoch + 1}/{cfg['epochs']}{last}", leave=False,
                    dynamic_ncols=True, disable=not sys.stderr.isatty())
         for x, y in bar:
@@ -584,7 +587,7 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
             losses.append(loss.detach())
             correct += (logits.detach().argmax(-1) == y).sum()
             seen += y.numel()
-            writer.add_scalar("train/lr", lr, state["step"])
+            points.append(("train/lr", lr, state["step"]))
             state["step"] += 1
             # host-side numbers only: reading the loss here would sync with the device every step
             bar.set_postfix(lr=f"{lr:.2e}", img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
@@ -598,24 +601,22 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
             raise Diverged(f"loss became {step_losses[i].item()} at epoch {epoch + 1}, step {i + 1} of "
                            f"{steps_per_epoch} (lr {lr:.3g}): lower --lr or set --grad-clip 1.0")
         first = state["step"] - len(losses)
-        for i, value in enumerate(step_losses.tolist()):
-            writer.add_scalar("train/loss", value, first + i)
+        points += [("train/loss", value, first + i) for i, value in enumerate(step_losses.tolist())]
         state["train_time"] += dt
         state["train_images"] += seen
         record = {"epoch": epoch + 1, "loss": float(step_losses.mean()), "train_acc": 100.0 * correct.item() / seen,
                   "img_per_s": seen / dt, "lr": lr}
-        writer.add_scalar("train/acc", record["train_acc"], epoch + 1)
-        writer.add_scalar("perf/img_per_s", record["img_per_s"], epoch + 1)
+        points += [("train/acc", record["train_acc"], epoch + 1), ("perf/img_per_s", record["img_per_s"], epoch + 1)]
         if device.type == "cuda":
             record["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-            writer.add_scalar("perf/peak_mem_mb", record["peak_mem_mb"], epoch + 1)
+            points.append(("perf/peak_mem_mb", record["peak_mem_mb"], epoch + 1))
         if epoch in evals:  # eval_epochs always holds the last epoch
             net = eval_network(model, cfg)
             for split in ("val", "test") if cfg["protocol"] == "clean" else ("test",):
                 if split == "test" and cfg["protocol"] == "clean" and epoch != cfg["epochs"] - 1:
                     continue  # clean protocol: the test split is read at the last epoch only
                 record[f"{split}_acc"] = evaluate(net, loaders[split], cfg)
-                writer.add_scalar(f"eval/{split}/acc", record[f"{split}_acc"], epoch + 1)
+                points.append((f"eval/{split}/acc", record[f"{split}_acc"], epoch + 1))
             del net  # a merged copy must not stay allocated through the next epochs' training
         state["history"].append(record)
         state["epoch"] = epoch + 1
@@ -626,6 +627,8 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
                 "state": state, "config": cfg}
         atomic_write(out / "train_state.pt", lambda p: torch.save(ckpt, p))
         save_adapter(out / "adapter.safetensors", model, {"epoch": epoch + 1, "method": cfg["method"]})
+        for tag, value, step in points:
+            writer.add_scalar(tag, value, step)
         writer.flush()
         if stop_after is not None and stop_after <= epoch + 1 < cfg["epochs"]:
             writer.close()

@@ -43,8 +43,9 @@ import torch
 
 from .vit import ARCHS, VisionTransformer
 
-__all__ = ["load_pretrained", "WeightsUnavailable", "resolve_timm_name", "timm_to_ours", "load_state_dict_into", "read_npz",
-           "read_state_dict", "sha256_file", "describe_arch"]
+__all__ = ["load_pretrained", "WeightsUnavailable",
+           "resolve_timm_name", "timm_to_ours", "load_state_dict_into", "read_npz",
+           "read_state_dict", "sha256_file", "sha256_tensors", "describe_arch"]
 
 _NPZ = (".npz",)
 _SAFETENSORS = (".safetensors",)

@@ -125,6 +125,23 @@ def test_tensorboard_events_hold_the_documented_tags(cache, tmp_path):
     assert {"hparam/acc_last", "hparam/acc_best_test"} <= set(hp.Tags()["scalars"])
 
 
+def test_resumed_run_has_each_tensorboard_point_once(cache, tmp_path):
+    # one optimizer step per epoch (batch = the 1,000 demo images): a purge by step at the resume (step 2) used to
+    # drop epoch-indexed points too (eval/test/acc at epoch 2); points are now written after their checkpoint
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "one_step"
+    common = ["--method", "linear", "--dataset", "demo", *FAST, "--batch-size", "1000", "--epochs", "4",
+              "--warmup-epochs", "1"]
+    run([*common, "--out", out, "--stop-after-epochs", "2"], cache)
+    run(["--resume", out], cache)
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    for tag, steps in (("eval/test/acc", [1, 2, 3, 4]), ("train/acc", [1, 2, 3, 4]), ("train/loss", [0, 1, 2, 3]),
+                       ("train/lr", [0, 1, 2, 3])):
+        assert [e.step for e in acc.Scalars(tag)] == steps, tag
+
+
 def test_kill_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
     common = ["--method", "snell", "--dataset", "demo", *FAST, "--epochs", "4", "--warmup-epochs", "1"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
