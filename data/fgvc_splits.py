@@ -160,8 +160,10 @@ def stratified_val(items: Sequence[tuple[str, int]], val_size: int, seed: int) -
     ideal = {c: val_size * len(by_class[c]) / N for c in classes}
     alloc = {c: min(max(1, math.floor(ideal[c])), len(by_class[c]) - 1) for c in classes}
     rest = val_size - sum(alloc.values())
-    order = sorted(classes, key=lambda c: (-(ideal[c] - math.floor(ideal[c])), _h(seed, f"class:{c}")))
     while rest != 0:
+        # largest remainder against what each class already has (a class raised to its minimum of 1 has used its
+        # share): add to the classes furthest below their ideal, take from those furthest above it
+        order = sorted(classes, key=lambda c: (-(ideal[c] - alloc[c]), _h(seed, f"class:{c}")))
         moved = False
         for c in order if rest > 0 else reversed(order):
             if rest > 0 and alloc[c] < len(by_class[c]) - 1:

@@ -127,9 +127,10 @@ def write_noah_task(root: str | os.PathLike, task: str, train800: Iterable[tuple
         tv.append(f"{rel} {y}")
     lines["train800val200"] = tv
     if strict_counts:
-        for s, want in VTAB_SPLIT_SIZES.items():
+        for s, want in (*VTAB_SPLIT_SIZES.items(), ("test", VTAB_TEST_SIZES[canonical])):
             if len(lines[s]) != want:
-                raise DataError(f"{canonical}/{s}: got {len(lines[s])} examples, VTAB-1k needs {want}")
+                raise DataError(f"{canonical}/{s}: got {len(lines[s])} examples, VTAB-1k needs {want} (a TFDS "
+                                f"version other than the spec's? benchmarks.md §2)")
     manifest: dict[str, Any] = {"task": canonical, "format": fmt, "jpeg_quality": quality if fmt == "jpg" else None,
                                 "num_classes": C, "created_by": "data.prepare_vtab", "source": source or {},
                                 "splits": {}}
@@ -165,6 +166,13 @@ def _pixel_hash(path: Path) -> str:
 
     im = open_rgb(path)
     return hashlib.sha256(f"{im.size}".encode() + im.tobytes()).hexdigest()
+
+
+def _resolve_or_none(name: str) -> str | None:
+    try:
+        return resolve_task(name)[1]
+    except DataError:
+        return None
 
 
 def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decode: bool = True) -> TaskReport:
@@ -208,17 +216,35 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
         if rep.classes_tv != C:
             rep.warnings.append(f"train800val200 covers {rep.classes_tv} of {C} classes")
     if bad == 0 and all(s in parsed for s in ("train800", "val200", "train800val200")):
-        def multiset(split: str) -> Counter:
-            rels, labs = parsed[split]
-            return Counter((_pixel_hash(task_dir / r), y) for r, y in zip(rels, labs))
+        unreadable: list[str] = []
 
-        rep.union_ok = multiset("train800") + multiset("val200") == multiset("train800val200")
-        if not rep.union_ok:
-            rep.errors.append("train800val200 != train800 + val200 (pixel hashes and labels)")
+        def multiset(split: str) -> Counter:  # decodes every image (also under --quick): note what fails
+            rels, labs = parsed[split]
+            out = Counter()
+            for i, (r, y) in enumerate(zip(rels, labs)):
+                try:
+                    out[(_pixel_hash(task_dir / r), y)] += 1
+                except Exception as e:  # noqa: BLE001 - a corrupt image is a finding of the check, not a crash
+                    unreadable.append(f"{split}.txt:{i + 1}: {r} unreadable ({type(e).__name__})")
+            return out
+
+        union = multiset("train800") + multiset("val200") == multiset("train800val200")
+        if unreadable:
+            rep.errors += unreadable[:5] + ([f"... {len(unreadable)} unreadable image files in total"]
+                                             if len(unreadable) > 5 else [])
+        else:
+            rep.union_ok = union
+            if not union:
+                rep.errors.append("train800val200 != train800 + val200 (pixel hashes and labels)")
     manifest = task_dir / "manifest.json"
     if manifest.is_file():
         try:
             m = json.loads(manifest.read_text())
+            named = m.get("task")
+            if named and (_resolve_or_none(named) or named) != canonical:
+                rep.errors.append(f"manifest.json names task {named!r}, not {canonical!r}: another task's folder")
+            if m.get("num_classes") not in (None, C):
+                rep.errors.append(f"manifest.json says {m['num_classes']} classes, {canonical!r} has {C}")
             for s, entry in (m.get("splits") or {}).items():
                 f = task_dir / f"{s}.txt"
                 if f.is_file() and entry.get("sha256") and _cache.sha256_file(f) != entry["sha256"]:

@@ -33,6 +33,16 @@ def _maybe_resolve(name: str) -> tuple[str, str] | None:
         return None
 
 
+def _manifest_task(task_dir: Path) -> str | None:
+    """The task a converter's manifest.json names (canonical id), or None without a readable one."""
+    try:
+        task = json.loads((task_dir / "manifest.json").read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+    r = _maybe_resolve(task) if isinstance(task, str) else None
+    return r[1] if r else None
+
+
 def find_task_dir(root: str | Path, canonical: str, benchmark: str = "vtab") -> Path:
     """Locate ``<root>/<task>`` (folder named by the id or any alias, case-insensitive), or
     accept ``root`` itself when it already is the task folder."""
@@ -40,10 +50,15 @@ def find_task_dir(root: str | Path, canonical: str, benchmark: str = "vtab") -> 
     if not root.is_dir():
         raise DataError(f"{benchmark.upper()} root {str(root)!r} does not exist or is not a folder; pass the folder "
                         f"that contains the task folders (e.g. <root>/{canonical}/train800.txt)")
-    if any((root / f"{s}.txt").is_file() for s in VTAB_SPLITS):
+    if any((root / f"{s}.txt").is_file() for s in VTAB_SPLITS):  # root may be the task folder itself
         r = _maybe_resolve(root.name)
-        if r is None or r[1] == canonical:
+        said = _manifest_task(root)
+        if (r is not None and r[1] == canonical and said in (None, canonical)) or (r is None and said == canonical):
             return root
+        if r is None and said is None:  # which task it holds cannot be told: never serve it as any task asked for
+            raise DataError(f"{root} holds split files, but its name {root.name!r} is no VTAB task id and it has no "
+                            f"manifest.json naming its task; rename it to {canonical!r} or pass the folder that "
+                            f"contains the task folders")
     exact = root / canonical
     matches = sorted(d for d in root.iterdir() if d.is_dir() and (_maybe_resolve(d.name) or ("", ""))[1] == canonical)
     if exact.is_dir():

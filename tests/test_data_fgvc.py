@@ -286,3 +286,12 @@ def test_results_record_a_regenerated_split_and_the_image_format(tmp_path):
     assert prov["train"]["format"] == "jpg" and "train.json" in prov["train"]["sha256"]
     assert prov["train"]["resize"] == "bilinear"  # torchvision Resize(256)'s default, as the papers' loaders
     assert prov["train"]["n"] == 3 * 4 - 3 and prov["test"]["n"] == 3 * 2
+
+
+def test_val_allocation_is_largest_remainder_after_the_one_per_class_minimum():
+    # ideals 0.9 / 3.5 / 3.6 of 8: the small class is raised to 1 and has then used its share; the remaining 7 go
+    # 3 / 4 by the others' remainders (the remainder of the raised class was counted again before: 2 / 3 / 3)
+    items = [(f"a{i}", 0) for i in range(9)] + [(f"b{i}", 1) for i in range(35)] + [(f"c{i}", 2) for i in range(36)]
+    for seed in range(3):
+        val = stratified_val(items, 8, seed)
+        assert [sum(k[0] == ch for k in val) for ch in "abc"] == [1, 3, 4]

@@ -136,8 +136,11 @@ def test_tfds_split_definitions_follow_task_adaptation():
     # dSprites: 737,280 examples -> test = the last 10 % = 73,728 (the spec's test size)
     d = pv.tfds_split_strings("dsprites_ori", 737_280)
     assert d["val200"] == "train[589824:590024]" and d["test"] == "train[663552:]"
-    assert 737_280 - 663_552 == 73_728
-    assert pv.tfds_split_strings("resisc45", 31_500)["test"] == "train[25200:]" and 31_500 - 25_200 == 6_300
+    from data.tasks import VTAB_TEST_SIZES
+
+    assert 737_280 - 663_552 == VTAB_TEST_SIZES["dsprites_ori"]  # the split string gives the spec's test size
+    assert pv.tfds_split_strings("resisc45", 31_500)["test"] == "train[25200:]"
+    assert 31_500 - 25_200 == VTAB_TEST_SIZES["resisc45"]
     assert pv.tfds_split_strings("smallnorb_ele", 24_300) == {"train800": "train[:800]", "val200": "test[:200]",
                                                               "test": "test[50%:]"}
     for t in ("dtd", "sun397", "kitti", "dmlab", "patch_camelyon", "diabetic_retinopathy", "oxford_flowers102"):
@@ -171,3 +174,36 @@ def test_converter_without_tfds_says_what_to_install(tmp_path, capsys, monkeypat
     assert cli_main(pv.main, ["--task", "cifar", "--out", str(tmp_path)]) == 2
     assert "pip install tensorflow tensorflow-datasets" in capsys.readouterr().err
     assert not (tmp_path / "cifar").exists()
+
+
+def test_check_quick_reports_a_corrupt_image_and_folders_are_matched_to_their_task(tmp_path):
+    root = tmp_path / "vtab"
+    write(root, "dtd")
+    d, _ = write(root, "cifar")
+    (root / "dtd" / "images" / "train800" / "000001.png").write_bytes(b"garbage")
+    r = pv.check_tree(root, ["dtd"], strict_counts=False, decode=False)[0]  # --quick: the union check decodes
+    assert not r.ok and any("train800.txt:2" in e and "unreadable" in e for e in r.errors), r.errors
+    # a task folder whose name is no task id and that has no manifest is no task at all (it was every task)
+    other = tmp_path / "mydata"
+    other.mkdir()
+    for f in d.iterdir():
+        if f.name != "manifest.json":
+            (other / f.name).symlink_to(f)
+    with pytest.raises(DataError, match="'mydata' is no VTAB task id.*rename it to 'sun397'"):
+        load_split("sun397", other, "train800", img_size=10, cache_dir=tmp_path / "c", strict_counts=False)
+    (other / "manifest.json").write_text((d / "manifest.json").read_text())  # ... its manifest names cifar
+    assert load_split("cifar", other, "train800", img_size=10, cache_dir=tmp_path / "c", strict_counts=False)
+    assert not pv.check_tree(other, ["sun397"], strict_counts=False)[0].ok
+    # a folder named for one task whose manifest names another
+    (root / "dtd" / "manifest.json").write_text((d / "manifest.json").read_text())
+    r = pv.check_tree(root, ["dtd"], strict_counts=False)[0]
+    assert any("manifest.json names task 'cifar', not 'dtd'" in e for e in r.errors), r.errors
+
+
+def test_converter_checks_the_test_split_size_too(tmp_path):
+    # a TFDS version other than the spec's can change the test split: caught when writing, not at training time
+    C = VTAB_NUM_CLASSES["dtd"]
+    px = np.zeros((4, 4, 3), np.uint8)
+    part = lambda n: [(px, i % C) for i in range(n)]  # noqa: E731
+    with pytest.raises(DataError, match="dtd/test: got 7 examples, VTAB-1k needs 1880"):
+        pv.write_noah_task(tmp_path, "dtd", part(800), part(200), part(7), fmt="png")
