@@ -9,7 +9,9 @@ per task: line counts 800 / 200 / 1000 / spec test size, labels in [0, C), every
 and decodes (``--quick``: exists only), train800val200 covers all C classes (a warning: some
 tasks may legitimately miss a class in 1,000 images), train800val200 == train800 + val200 by
 pixel hash (multiset of SHA-256 of decoded pixels), and split files against ``manifest.json``
-when present.  Prints a per-task table; exit status 1 when any check fails, 2 on unusable input.
+when present.  A task folder that passes the full check and has no ``manifest.json`` gets one (counts and
+SHA-256 per split file, benchmarks.md §2; ``--no-manifest`` to leave the tree untouched).  Prints a per-task
+table; exit status 1 when any check fails, 2 on unusable input.
 
 Convert (one-off, optional environment with ``tensorflow-datasets`` + ``tensorflow``; the
 import is lazy and happens only here)::
@@ -155,6 +157,7 @@ class TaskReport:
     warnings: list[str] = field(default_factory=list)
     union_ok: bool | None = None
     format: str = ""
+    manifest_written: bool = False
 
     @property
     def ok(self) -> bool:
@@ -175,7 +178,11 @@ def _resolve_or_none(name: str) -> str | None:
         return None
 
 
-def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decode: bool = True) -> TaskReport:
+def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decode: bool = True,
+               write_manifest: bool = True) -> TaskReport:
+    """The checks of benchmarks.md §2 on one task folder. A folder that passes them in full (``decode``) and has no
+    ``manifest.json`` gets one (counts and SHA-256 per split file, format), so later runs and checks can tell
+    whether its split files changed."""
     from .split import image_format, open_rgb
     from .vtab import read_split_file
 
@@ -253,11 +260,20 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
                 rep.format = f"{m['format']}" + (f" q{m['jpeg_quality']}" if m.get("jpeg_quality") else "")
         except (OSError, json.JSONDecodeError) as e:
             rep.errors.append(f"unreadable manifest.json: {e}")
+    elif write_manifest and decode and rep.ok:  # benchmarks.md §2: the verified tree gets its manifest
+        m = {"task": canonical, "format": rep.format, "jpeg_quality": None, "num_classes": C,
+             "created_by": "data.prepare_vtab --check (an existing tree, verified)",
+             "splits": {s: {"n": rep.counts[s], "sha256": _cache.sha256_file(task_dir / f"{s}.txt")} for s in parsed}}
+        try:
+            _cache.write_json_atomic(manifest, m)
+            rep.manifest_written = True
+        except OSError as e:
+            rep.warnings.append(f"could not write manifest.json ({e.strerror or e})")
     return rep
 
 
 def check_tree(root: str | os.PathLike, tasks: Sequence[str] | None = None, strict_counts: bool = True,
-               decode: bool = True) -> list[TaskReport]:
+               decode: bool = True, write_manifest: bool = True) -> list[TaskReport]:
     """Check the named tasks (default: all 19) under ``root``; a missing task is an error row."""
     from .vtab import find_task_dir
 
@@ -274,7 +290,7 @@ def check_tree(root: str | os.PathLike, tasks: Sequence[str] | None = None, stri
         except DataError as e:
             reports.append(TaskReport(canonical, errors=[str(e).split(":")[0] + ": folder not found"]))
             continue
-        reports.append(check_task(d, canonical, strict_counts, decode))
+        reports.append(check_task(d, canonical, strict_counts, decode, write_manifest))
     return reports
 
 
@@ -432,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--task", help="task to convert (same as --tasks with one name)")
     ap.add_argument("--quick", action="store_true", help="check: only test that image files exist (no decoding)")
     ap.add_argument("--no-strict-counts", action="store_true", help="check: do not require 800/200/1000/test sizes")
+    ap.add_argument("--no-manifest", action="store_true", help="check: do not write manifest.json into a verified "
+                                                                "task folder that has none")
     ap.add_argument("--out", help="convert: output root (the folder that will hold <task>/)")
     ap.add_argument("--format", default="jpg", choices=sorted(FORMATS), help="convert: jpg (NOAH, default) or png")
     ap.add_argument("--quality", type=int, default=NOAH_JPEG_QUALITY, help="convert: JPEG quality (NOAH: 75)")
@@ -439,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     tasks = a.tasks or ([a.task] if a.task else None)
     if a.check:
-        reports = check_tree(a.check, tasks, strict_counts=not a.no_strict_counts, decode=not a.quick)
+        reports = check_tree(a.check, tasks, strict_counts=not a.no_strict_counts, decode=not a.quick,
+                             write_manifest=not a.no_manifest)
         print(format_table(reports))
         return 0 if all(r.ok for r in reports) else 1
     if not a.out:

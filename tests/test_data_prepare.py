@@ -207,3 +207,22 @@ def test_converter_checks_the_test_split_size_too(tmp_path):
     part = lambda n: [(px, i % C) for i in range(n)]  # noqa: E731
     with pytest.raises(DataError, match="dtd/test: got 7 examples, VTAB-1k needs 1880"):
         pv.write_noah_task(tmp_path, "dtd", part(800), part(200), part(7), fmt="png")
+
+
+def test_full_check_writes_the_manifest_of_a_verified_tree(tmp_path):
+    # benchmarks.md §2: the verify command writes a manifest (counts + SHA-256 per split file); later checks then
+    # see a split file that changed
+    root = tmp_path / "vtab"
+    d, _ = write(root, "dtd")
+    (d / "manifest.json").unlink()  # as a tree from the NOAH converter or a download: no manifest
+    assert not pv.check_tree(root, ["dtd"], strict_counts=False, write_manifest=False)[0].manifest_written
+    assert not (d / "manifest.json").exists()
+    assert not pv.check_tree(root, ["dtd"], strict_counts=False, decode=False)[0].manifest_written  # --quick
+    r = pv.check_tree(root, ["dtd"], strict_counts=False)[0]
+    assert r.ok and r.manifest_written
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["task"] == "dtd" and m["splits"]["train800"]["n"] == 6 and m["format"] == "png"
+    assert m["splits"]["test"]["sha256"] == hashlib.sha256((d / "test.txt").read_bytes()).hexdigest()
+    (d / "test.txt").write_text((d / "test.txt").read_text().replace(" 2\n", " 3\n", 1))
+    r = pv.check_tree(root, ["dtd"], strict_counts=False)[0]
+    assert not r.ok and "test.txt does not match manifest.json (sha256)" in r.errors
