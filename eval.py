@@ -107,10 +107,10 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
         if args.sparsity is None:
             raise T.RunError("--format snell needs --sparsity: the official init_thres, which a checkpoint does not "
                              "store (per-task values: reproduce/configs/snell_*.yaml, snell.md §8.2-8.3)")
-        ours = convert.from_official_snell(sd, rank=args.rank or 2 * _snell_factor_dim(sd), sparsity=args.sparsity)
+        ours = convert.from_official_snell(sd, rank=args.rank, sparsity=args.sparsity)  # checks --rank too
         method = "snell"
     found = convert.model_args(ours)  # arch, num_classes, img_size, dim (ARC) / rank (SNELL)
-    for flag, key in (("--arch", "arch"), ("--img-size", "img_size"), ("--rank", "rank")):
+    for flag, key in (("--arch", "arch"), ("--img-size", "img_size")):
         given = getattr(args, key)
         if given is not None and key in found and given != found[key]:
             raise T.RunError(f"{flag} {given}: the checkpoint holds {found[key]}; drop {flag} or pass {found[key]}")
@@ -124,14 +124,6 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
            "device": args.device, "precision": args.precision, "eval_batch_size": args.batch_size,
            "cache_dir": args.cache_dir}
     return model.to(args.device), cfg
-
-
-def _snell_factor_dim(sd: dict) -> int:
-    """The last dimension of the official SNELL factors (rank / 2), read from the first In_Qs(_1) tensor."""
-    for k, v in sd.items():
-        if k.endswith(("In_Qs", "In_Qs_1")):
-            return int(v.shape[-1])
-    raise ValueError("checkpoint holds no SNELL factors (In_Qs / In_Qs_1): not a ssfgunner/SNELL state dict")
 
 
 def main(argv=None) -> int:

@@ -162,6 +162,11 @@ def fgvc_files(dataset: str, root: str | Path | None, split: str, *, strict_coun
     return ds_dir, keys, paths, labels, ids
 
 
+def _split_shas(ds_dir: Path) -> dict[str, str]:
+    """SHA-256 of the three split files (the provenance every run records, benchmarks.md §8)."""
+    return {f"{s}.json": _cache.sha256_file(ds_dir / f"{s}.json") for s in JSON_SPLITS}
+
+
 def read_split_info(ds_dir: Path) -> dict[str, Any]:
     """``split_info.json`` of a dataset folder (written by ``data.fgvc_splits``: ``regenerated``, seed, ...), or what
     its absence means: VPT's original split files."""
@@ -183,7 +188,7 @@ def fgvc_file_split(dataset: str, root: str | Path | None, split: str, *, strict
     ds_dir, _, paths, labels, ids = fgvc_files(dataset, root, split, strict_counts=strict_counts)
     split_info = read_split_info(ds_dir)
     info = {"benchmark": "fgvc", "dataset": canonical, "split": split, "root": str(ds_dir), "n": len(labels),
-            "sha256": {f"{s}.json": _cache.sha256_file(ds_dir / f"{s}.json") for s in JSON_SPLITS},
+            "sha256": _split_shas(ds_dir),
             "format": image_format(paths), "source": "image files, decoded every epoch", "num_classes": len(ids),
             "regenerated": bool(split_info.get("regenerated")), "split_info": split_info}
     return FileSplit(name=canonical, split=split, paths=paths, labels=labels, num_classes=len(ids), info=info)
@@ -197,7 +202,7 @@ def load_fgvc_split(dataset: str, root: str | Path | None, split: str, img_size:
     ds_dir, keys, paths, labels, ids = fgvc_files(dataset, root, split, strict_counts=strict_counts)
     C = len(ids)
     parts = ["train", "val"] if split == "trainval" else [split]
-    shas = {f"{s}.json": _cache.sha256_file(ds_dir / f"{s}.json") for s in JSON_SPLITS}
+    shas = _split_shas(ds_dir)
     R = stored_size_for(img_size)
     describe = (lambda i: f"{keys[i]}")
     material = {"bench": "fgvc", "dataset": canonical, "split": split, "json_sha256": shas, "size": R,

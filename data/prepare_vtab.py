@@ -171,20 +171,13 @@ def _pixel_hash(path: Path) -> str:
     return hashlib.sha256(f"{im.size}".encode() + im.tobytes()).hexdigest()
 
 
-def _resolve_or_none(name: str) -> str | None:
-    try:
-        return resolve_task(name)[1]
-    except DataError:
-        return None
-
-
 def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decode: bool = True,
                write_manifest: bool = True) -> TaskReport:
     """The checks of benchmarks.md §2 on one task folder. A folder that passes them in full (``decode``) and has no
     ``manifest.json`` gets one (counts and SHA-256 per split file, format), so later runs and checks can tell
     whether its split files changed."""
     from .split import image_format, open_rgb
-    from .vtab import read_split_file
+    from .vtab import _maybe_resolve, read_split_file
 
     rep = TaskReport(canonical, str(task_dir))
     C = VTAB_NUM_CLASSES[canonical]
@@ -248,7 +241,7 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
         try:
             m = json.loads(manifest.read_text())
             named = m.get("task")
-            if named and (_resolve_or_none(named) or named) != canonical:
+            if named and ((_maybe_resolve(named) or ("", named))[1]) != canonical:
                 rep.errors.append(f"manifest.json names task {named!r}, not {canonical!r}: another task's folder")
             if m.get("num_classes") not in (None, C):
                 rep.errors.append(f"manifest.json says {m['num_classes']} classes, {canonical!r} has {C}")

@@ -184,11 +184,12 @@ def official_arc_variant(state_dict: dict) -> str:
     return _arc_variant(_rename(_unwrap(state_dict), _ARC_RULES, skip=lambda k: False, source="DavidYanAnDe/ARC"))
 
 
-def from_official_snell(state_dict: dict, rank: int = 8, sparsity: float = 0.9) -> dict:
+def from_official_snell(state_dict: dict, rank: int | None = None, sparsity: float = 0.9) -> dict:
     """Convert a ``ssfgunner/SNELL`` (``VisionTransformerSNELL``) state dict for
     ``create_model(arch, "snell", rank=rank, sparsity=sparsity, ...)``.
 
-    ``rank`` must equal the checkpoint's (2 × the last factor dimension). ``sparsity`` is checked against the module
+    ``rank``, when given, must equal the checkpoint's (2 × the last factor dimension); None reads it from the
+    checkpoint. ``sparsity`` is checked against the module
     the official code builds: s = 0 saves ``KLoRA`` factors (``In_Qs_1``/``Out_Qs_1``), s > 0 ``SNELL`` factors
     (``In_Qs``/``Out_Qs``); the threshold itself is recomputed from the factors at every forward, so s is not stored.
     """
@@ -212,7 +213,7 @@ def from_official_snell(state_dict: dict, rank: int = 8, sparsity: float = 0.9) 
     sd = _rename(sd_in, _SNELL_RULES, skip=lambda k: k.endswith(".learnable.shared_coeff_fc"),
                  source="ssfgunner/SNELL")
     found = model_args(sd).get("rank")
-    if found is not None and found != rank:
+    if found is not None and rank is not None and found != rank:
         raise ValueError(f"checkpoint factors have rank {found} (last dim {found // 2} = r/2), but rank={rank}")
-    _check_against_model(sd, "snell", rank=rank, sparsity=sparsity)
+    _check_against_model(sd, "snell", rank=rank if rank is not None else found, sparsity=sparsity)
     return sd

@@ -337,9 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         chosen[task] = c
         text = write.read_text() if write.exists() else cfg_path.read_text()
-        tmp = write.with_name(f".{write.name}.tmp")  # atomic: an interrupted search never truncates the config
-        tmp.write_text(rewrite_config(text, {task: c}, provenance))
-        tmp.replace(write)
+        # atomic: an interrupted search never truncates the config
+        taskcfg.write_text_atomic(write, rewrite_config(text, {task: c}, provenance))
         print(f"   wrote {task} into {write}", flush=True)
     if not args.dry_run:
         print(f"done: {len(chosen)}/{len(tasks)} task(s) searched; retrain and report with the sweep, CONFIG={write} "

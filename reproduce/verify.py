@@ -420,16 +420,6 @@ def _markdown_problem(path: str) -> str | None:
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder: an error leaves no half-written report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -495,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(render_text(report))
     if args.markdown:
         try:
-            _write_atomic(Path(args.markdown), render_markdown(report))
+            taskcfg.write_text_atomic(Path(args.markdown), render_markdown(report))
         except OSError as e:
             print(f"error: --markdown {args.markdown}: cannot write ({e.strerror or e}); pass a path in a writable "
                   "folder", file=sys.stderr)

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 __all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "WrappedLinear", "DeltaLinear",
-           "merged_linear", "check_targets", "check_int", "check_rate", "check_auto_flag", "by_device", "dropout_layer", "autocast_dtype",
-           "autocast_input", "prelude_batches", "take_handover", "PRELUDE_MAX_ELEMENTS"]
+           "merged_linear", "check_targets", "check_int", "check_rate", "check_auto_flag", "by_device", "dropout_layer",
+           "autocast_dtype", "full_precision", "autocast_input", "prelude_batches", "take_handover",
+           "PRELUDE_MAX_ELEMENTS"]
 
 METHODS: dict[str, type["Method"]] = {}
 
