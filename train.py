@@ -643,7 +643,7 @@ def train(cfg: dict, resume: bool = False, stop_after: int | None = None) -> dic
         "splits": split_provenance(splits),
         "split_regenerated": any(s.info.get("regenerated") for s in splits.values()),
         "num_classes": splits["train"].num_classes, "protocol": cfg["protocol"], "seed": cfg["seed"],
-        "precision": cfg["precision"], "epochs": cfg["epochs"], "lr": cfg["lr"], "peak_lr": peak_lr(cfg),
+        "precision": cfg["precision"], "compile": cfg["compile"], "epochs": cfg["epochs"], "lr": cfg["lr"], "peak_lr": peak_lr(cfg),
         "optimizer": cfg.get("optimizer", "adamw"), "weight_decay": cfg["weight_decay"],
         "batch_size": cfg["batch_size"], "img_size": cfg["img_size"], "norm": cfg["norm"],
         "color_jitter": cfg.get("color_jitter", 0.0), "train_aug": train_aug_record(loaders["train"].aug),

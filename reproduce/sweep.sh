@@ -14,6 +14,10 @@
 #   TASKS      subset of the config's tasks, space- or comma-separated (default: all)
 #   EPOCHS     override the epochs of every task (warm-up scaled in proportion) — smoke/debug runs
 #   ARCH       architecture (default per script); IMG_SIZE (default 224); PRECISION fp32|bf16 (default fp32)
+#   COMPILE    none (default) | default | reduce-overhead | max-autotune: train.py --compile, the training forward
+#              under torch.compile; reduce-overhead (CUDA graphs) trained HTA as configured 3.3x faster at batch 32
+#              on an H200 (docs/PERFORMANCE.md); each run compiles once per batch shape (tens of seconds, less
+#              once torch's compile cache is warm)
 #   SEEDS      number of seeds (default 1, as the papers): seeds = config seed, +1, ...; 3 gives mean ± std
 #   SEED_LIST  explicit seeds instead, e.g. "42 43 44"
 #   PROTOCOL   paper (default): train800val200 (FGVC: train), test every eval epoch; verify.py prints the
@@ -58,6 +62,15 @@ WEIGHTS="${WEIGHTS:-$DEFAULT_WEIGHTS}"
 IMG_SIZE="${IMG_SIZE:-224}"
 PRECISION="${PRECISION:-fp32}"
 PROTOCOL="${PROTOCOL:-paper}"
+COMPILE="${COMPILE:-none}"
+_choice() {  # a knob train.py would reject in every run: one line, before any run
+    local name="$1" value="$2"; shift 2
+    for ok in "$@"; do [ "$value" = "$ok" ] && return 0; done
+    echo "error: $name=$value: use one of $*" >&2; exit 2
+}
+_choice PRECISION "$PRECISION" fp32 bf16
+_choice PROTOCOL "$PROTOCOL" paper clean
+_choice COMPILE "$COMPILE" none default reduce-overhead max-autotune
 SWEEP="$OUT/$CONFIG_NAME"
 RUN_SUFFIX=""; [ "$PROTOCOL" = clean ] && RUN_SUFFIX="-clean"   # the two protocols never share a run folder
 
@@ -89,7 +102,7 @@ _check_reuse() {
 
 echo "== $CONFIG_NAME: ${DESCRIPTION:-}"
 echo "   config $CONFIG, tasks: $TASK_LIST"
-echo "   arch $ARCH, weights $WEIGHTS, img $IMG_SIZE, $PRECISION, protocol $PROTOCOL, seeds $SEED_VALUES" \
+echo "   arch $ARCH, weights $WEIGHTS, img $IMG_SIZE, $PRECISION, compile $COMPILE, protocol $PROTOCOL, seeds $SEED_VALUES" \
      "${EPOCHS:+, EPOCHS override $EPOCHS}"
 echo "   data $DATA_ROOT -> runs in $SWEEP"
 
@@ -107,6 +120,7 @@ for task in $TASK_LIST; do
         train=("$PYTHON" train.py --config "$run/config.yaml" --dataset "$task" --data-root "$DATA_ROOT"
                --arch "$ARCH" --pretrained "$WEIGHTS" --img-size "$IMG_SIZE" --precision "$PRECISION"
                --protocol "$PROTOCOL" --seed "$seed" --out "$run")
+        if [ "$COMPILE" != none ]; then train+=(--compile "$COMPILE"); fi  # absent by default: command.txt unchanged
         if [ -f "$run/results.json" ]; then
             echo "-- $task seed $seed: done ($run/results.json), skipped"
             _check_reuse

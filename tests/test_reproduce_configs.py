@@ -145,6 +145,21 @@ def test_dry_run_prints_the_exact_commands(tmp_path):
     assert "VTAB-1k is not there" in p.stderr and not run.exists()  # a dry run writes nothing
 
 
+def test_compile_knob_reaches_train_py_and_bad_knobs_stop_the_sweep_before_any_run(tmp_path):
+    env = {"OUT": str(tmp_path / "out"), "TASKS": "dtd", "VTAB_ROOT": str(tmp_path / "nowhere")}
+    p = _sweep("householder_vtab.sh", {**env, "COMPILE": "reduce-overhead"}, "--dry-run")
+    assert p.returncode == 0, p.stderr
+    train = [line for line in p.stdout.splitlines() if line.startswith("python train.py")]
+    assert len(train) == 1 and train[0].endswith(" --compile reduce-overhead")
+    plain = _sweep("householder_vtab.sh", env, "--dry-run")  # default: the command earlier runs recorded
+    assert [line for line in plain.stdout.splitlines() if "train.py" in line][0] == train[0].replace(
+        " --compile reduce-overhead", "")
+    for knob, value in (("COMPILE", "cudagraphs"), ("PRECISION", "fp16"), ("PROTOCOL", "test")):
+        bad = _sweep("householder_vtab.sh", {**env, knob: value})
+        assert bad.returncode == 2 and f"{knob}={value}: use one of" in bad.stderr, (knob, bad.stderr)
+        assert "train.py" not in bad.stdout and not (tmp_path / "out").exists()
+
+
 def test_reused_run_folders_are_checked_against_the_config(tmp_path):
     """A finished or unfinished run is reused as it is; its train command names config.yaml, not its content, so a
     sweep config edited since (e.g. by search.py) must be reported rather than silently mixed into the table."""
