@@ -176,7 +176,7 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
     """The checks of benchmarks.md §2 on one task folder. A folder that passes them in full (``decode``) and has no
     ``manifest.json`` gets one (counts and SHA-256 per split file, format), so later runs and checks can tell
     whether its split files changed."""
-    from .split import image_format, open_rgb
+    from .split import image_format
     from .vtab import _maybe_resolve, read_split_file
 
     rep = TaskReport(canonical, str(task_dir))
@@ -196,12 +196,14 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
     all_paths = [task_dir / r for s in parsed for r in parsed[s][0]]
     rep.format = image_format(all_paths)
     bad = 0
+    hashes: dict[str, str] = {}  # relative path -> pixel hash: each file is decoded once (train800val200 = the others)
     for s, (rels, _) in parsed.items():
         for i, r in enumerate(rels):
             p = task_dir / r
             try:
                 if decode:
-                    open_rgb(p)
+                    if r not in hashes:
+                        hashes[r] = _pixel_hash(p)
                 elif not p.is_file():
                     raise FileNotFoundError(p)
             except Exception as e:  # missing / corrupt
@@ -218,12 +220,14 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
     if bad == 0 and all(s in parsed for s in ("train800", "val200", "train800val200")):
         unreadable: list[str] = []
 
-        def multiset(split: str) -> Counter:  # decodes every image (also under --quick): note what fails
+        def multiset(split: str) -> Counter:  # decodes what the loop above did not (all under --quick); notes failures
             rels, labs = parsed[split]
             out = Counter()
             for i, (r, y) in enumerate(zip(rels, labs)):
                 try:
-                    out[(_pixel_hash(task_dir / r), y)] += 1
+                    if r not in hashes:
+                        hashes[r] = _pixel_hash(task_dir / r)
+                    out[(hashes[r], y)] += 1
                 except Exception as e:  # noqa: BLE001 - a corrupt image is a finding of the check, not a crash
                     unreadable.append(f"{split}.txt:{i + 1}: {r} unreadable ({type(e).__name__})")
             return out

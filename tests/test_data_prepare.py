@@ -226,3 +226,23 @@ def test_full_check_writes_the_manifest_of_a_verified_tree(tmp_path):
     (d / "test.txt").write_text((d / "test.txt").read_text().replace(" 2\n", " 3\n", 1))
     r = pv.check_tree(root, ["dtd"], strict_counts=False)[0]
     assert not r.ok and "test.txt does not match manifest.json (sha256)" in r.errors
+
+
+def test_check_decodes_each_image_file_once(tmp_path, monkeypatch):
+    # the full check decoded every training image twice (a readability pass, then the pixel hashes of the
+    # train800 + val200 == train800val200 check); now the hash is the readability check
+    import data.split
+
+    d, _ = write(tmp_path / "vtab", "dtd")  # 6 train800 + 3 val200 + 9 train800val200 + 5 test image files
+    listed = [ln.split()[0] for s in ("train800", "val200", "train800val200", "test")
+              for ln in (d / f"{s}.txt").read_text().splitlines()]
+    assert len(listed) == len(set(listed)) == 23
+    opened: list[str] = []
+    real = data.split.open_rgb
+    monkeypatch.setattr(data.split, "open_rgb", lambda p: (opened.append(Path(p).relative_to(d).as_posix()),
+                                                           real(p))[1])
+    r = pv.check_tree(tmp_path / "vtab", ["dtd"], strict_counts=False)[0]
+    assert r.ok and r.union_ok and sorted(opened) == sorted(listed)  # each file once
+    opened.clear()
+    r = pv.check_tree(tmp_path / "vtab", ["dtd"], strict_counts=False, decode=False)[0]  # --quick: the union only
+    assert r.ok and r.union_ok and sorted(opened) == sorted(listed[:18])
