@@ -63,19 +63,13 @@ IMG_SIZE="${IMG_SIZE:-224}"
 PRECISION="${PRECISION:-fp32}"
 PROTOCOL="${PROTOCOL:-paper}"
 COMPILE="${COMPILE:-none}"
-_choice() {  # a knob train.py would reject in every run: one line, before any run
-    local name="$1" value="$2"; shift 2
-    for ok in "$@"; do [ "$value" = "$ok" ] && return 0; done
-    echo "error: $name=$value: use one of $*" >&2; exit 2
-}
-_choice PRECISION "$PRECISION" fp32 bf16
-_choice PROTOCOL "$PROTOCOL" paper clean
-_choice COMPILE "$COMPILE" none default reduce-overhead max-autotune
 SWEEP="$OUT/$CONFIG_NAME"
 RUN_SUFFIX=""; [ "$PROTOCOL" = clean ] && RUN_SUFFIX="-clean"   # the two protocols never share a run folder
 
 BENCHMARK="$("$PYTHON" -m reproduce.taskcfg "$CONFIG" --get benchmark)"
-"$PYTHON" -m reproduce.taskcfg "$CONFIG" --check-options   # an option train.py rejects: one line, before any run
+# an option or knob value train.py would reject in every run: one line, before any run
+"$PYTHON" -m reproduce.taskcfg "$CONFIG" --check-options --knob "PRECISION=$PRECISION" --knob "COMPILE=$COMPILE" \
+    --knob "PROTOCOL=$PROTOCOL"
 if [ "$BENCHMARK" = vtab ]; then DATA_ROOT="${VTAB_ROOT:-data/vtab-1k}"; else DATA_ROOT="${FGVC_ROOT:-data/fgvc}"; fi
 TASK_LIST="$("$PYTHON" -m reproduce.taskcfg "$CONFIG" --list-tasks ${TASKS:+--select "$TASKS"})"
 if [ -n "${SEED_LIST:-}" ]; then

@@ -36,12 +36,14 @@ if __package__ in (None, ""):
 
 from reproduce import tasks as K  # noqa: E402
 
-__all__ = ["TOP_LEVEL", "REQUIRED", "SELECTIONS", "ConfigError", "load", "resolve", "select", "canonical", "validate",
-           "undocumented", "searched_tasks", "dump", "write_task_config", "write_text_atomic", "main"]
+__all__ = ["TOP_LEVEL", "REQUIRED", "SELECTIONS", "SWEEP_KNOBS", "ConfigError", "load", "resolve", "select",
+           "canonical", "validate", "undocumented", "searched_tasks", "dump", "write_task_config", "write_text_atomic",
+           "main"]
 
 TOP_LEVEL = {"benchmark", "selection", "reference", "defaults", "tasks", "search"}
 REQUIRED = ("method", "method_args", "lr", "weight_decay", "batch_size", "epochs")  # per resolved task
 SELECTIONS = ("paper", "default", "val", "partial")
+SWEEP_KNOBS = {"PRECISION": "precision", "COMPILE": "compile", "PROTOCOL": "protocol"}  # sweep.sh knob -> option
 
 
 class ConfigError(ValueError):
@@ -236,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="validate option names against train.py and exit")
     ap.add_argument("--check-options", action="store_true",
                     help="only the option names and choices train.py would reject: one error line, exit 2 (sweeps)")
+    ap.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                    help="with --check-options: a sweep knob (PRECISION, COMPILE, PROTOCOL) checked against the "
+                         "choices train.py accepts for its option")
     args = ap.parse_args(argv)
     try:
         spec = load(args.config)
@@ -251,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.check_options:  # before a sweep trains anything: every run would fail in train.py otherwise
             import train
 
+            for knob in args.knob:  # the sweep's environment knobs, against train.py's own choices
+                name, _, value = knob.partition("=")
+                if name not in SWEEP_KNOBS:
+                    raise ConfigError(f"--knob {knob}: no such knob; use {', '.join(SWEEP_KNOBS)}")
+                choices = train.CHOICES[SWEEP_KNOBS[name]]
+                if value not in choices:
+                    raise ConfigError(f"{name}={value}: use one of {' '.join(choices)}")
             by_problem: dict[str, list[str]] = {}  # "task: problem" -> problem: tasks (a default repeats per task)
             for p in validate(spec, train.OPTIONS, train.CHOICES):
                 task, _, what = p.partition(": ")

@@ -154,9 +154,12 @@ def test_compile_knob_reaches_train_py_and_bad_knobs_stop_the_sweep_before_any_r
     plain = _sweep("householder_vtab.sh", env, "--dry-run")  # default: the command earlier runs recorded
     assert [line for line in plain.stdout.splitlines() if "train.py" in line][0] == train[0].replace(
         " --compile reduce-overhead", "")
+    import train
+
     for knob, value in (("COMPILE", "cudagraphs"), ("PRECISION", "fp16"), ("PROTOCOL", "test")):
         bad = _sweep("householder_vtab.sh", {**env, knob: value})
-        assert bad.returncode == 2 and f"{knob}={value}: use one of" in bad.stderr, (knob, bad.stderr)
+        choices = " ".join(train.CHOICES[knob.lower()])  # train.py's own list, not a copy in the script
+        assert bad.returncode == 2 and f"{knob}={value}: use one of {choices}" in bad.stderr, (knob, bad.stderr)
         assert "train.py" not in bad.stdout and not (tmp_path / "out").exists()
 
 
