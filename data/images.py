@@ -33,6 +33,7 @@ from .loader import IMAGENET_MEAN, IMAGENET_STD, Aug, _seed_for
 
 __all__ = ["ImageLoader", "FileSplit", "image_transform"]
 
+
 def image_transform(aug: Aug, img_size: int):
     """The torchvision transform of one training image (PIL RGB → uint8 (3, S, S)) for ``aug``."""
     from torchvision import transforms as T
