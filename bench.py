@@ -601,9 +601,13 @@ def main(argv=None) -> int:
     loop_row = next((m for m in ("hta_cfg", "hta") if m in methods), methods[0] if methods else "floor")
     chk = _checks(args, device) if args.check else None  # first: a short device lease answers it before the rows
     rows: dict[str, dict] = {}
-    for name in ["floor", "full", *methods]:
+
+    def build_row(name: str, at: argparse.Namespace):  # a row name (a method or one of ``special``) -> its model
         method, kw = special.get(name, (name, {}))
-        model = build(method, args, device, **kw)
+        return build(method, at, device, **kw)
+
+    for name in ["floor", "full", *methods]:
+        model = build_row(name, args)
         rows[name] = bench_train(model, args, device, profile=name in profiled)
         if name == loop_row and (args.project or not args.train_only):  # train.py's loop: eager, as train.py runs it
             rows[name]["eval_loop_img_per_s"] = bench_eval_loop(model, args, device)
@@ -621,7 +625,7 @@ def main(argv=None) -> int:
                                          **({"checks": chk} if chk is not None else {})})
     floor_again = None
     if args.compile == "none" and methods:  # the floor once more, last: how far this run's speed drifted
-        model = build("floor", args, device)
+        model = build_row("floor", args)
         floor_again = bench_train(model, args, device)["img_per_s"]
         del model
     floor, full, plain_inf = rows["floor"]["img_per_s"], rows["full"]["img_per_s"], rows["floor"].get("eval_img_per_s")
@@ -674,8 +678,7 @@ def main(argv=None) -> int:
     if args.project:
         def measure(row: str, batch_size: int) -> dict:  # the projection's row at a config's own batch size
             at = argparse.Namespace(**{**vars(args), "batch_size": batch_size})
-            method, kw = special.get(row, (row, {}))
-            r = bench_train(build(method, at, device, **kw), at, device)
+            r = bench_train(build_row(row, at), at, device)
             print(f"  measured {row} at batch {batch_size}: {r['img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
             return r
 
