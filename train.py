@@ -190,7 +190,7 @@ def _config_value(path: str, key: str, value):
     default = OPTIONS[key][0]
     convert = TYPES.get(key) or (type(default) if isinstance(default, (bool, int, float)) else str)
     if value is None:
-        if default is None or key in ("grad_clip", "drop_path_rate"):
+        if default is None or convert is _float_or_none:  # options that take "none"
             return None
         raise RunError(f"--config {path}: {key} is empty; give a value or remove the line (default {default!r})")
     if key in ("method_args", "no_decay"):  # a mapping; a list or comma-separated text (checked in resolve_config)
