@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as _dt
 import platform
 import sys
@@ -54,7 +55,9 @@ from models.methods import hta as _hta
 from models.methods import snell as _snell
 from models.methods.base import take_handover
 from models.vit import ARCHS
-from train import OPTIONS, eval_epochs, eval_network, evaluate, write_json
+from engine import config as C
+from engine.loop import eval_epochs, eval_network, evaluate
+from engine.rundir import write_json
 
 # VTAB-1k test-set sizes (specs/benchmarks.md §1), for the projection of a full 19-task sweep.
 VTAB_TEST_SIZES = {
@@ -274,9 +277,9 @@ def bench_eval_loop(model, args, device) -> float:
     split = data.Split(images=images, labels=labels, num_classes=args.num_classes, name="bench", split="test",
                        img_size=size)
     loader = data.Loader(split, args.eval_batch_size, device=device)
-    cfg = {"device": str(device), "precision": args.precision, "eval_merged": OPTIONS["eval_merged"][0]}
-    seconds = _seconds_per_call(lambda: evaluate(eval_network(model, cfg), loader, cfg), device, 1,
-                                max(1, min(args.steps, 3)))
+    merged = C.RunConfig().eval_merged
+    seconds = _seconds_per_call(lambda: evaluate(eval_network(model, merged), loader, device, args.precision), device,
+                                1, max(1, min(args.steps, 3)))
     return n / seconds
 
 
@@ -454,8 +457,7 @@ def projection(rows: dict, args, measure=None) -> dict:
         return {}
     hta = rows[name]
     spec = taskcfg.load(HTA_VTAB_CONFIG)
-    defaults = {k: v[0] for k, v in OPTIONS.items()}
-    eval_key = next((k for k in ("eval_loop_img_per_s", "merged_img_per_s" if defaults["eval_merged"] else None,
+    eval_key = next((k for k in ("eval_loop_img_per_s", "merged_img_per_s" if C.RunConfig().eval_merged else None,
                                  "eval_img_per_s") if k and k in hta), None)
     if eval_key is None:
         return {}
@@ -463,22 +465,22 @@ def projection(rows: dict, args, measure=None) -> dict:
     train_s = compile_s = 0.0
     eval_imgs = eval_imgs_19 = 0
     for task in spec["tasks"]:
-        cfg = {**defaults, **taskcfg.resolve(spec, task)}
-        bs = cfg["batch_size"]
+        cfg = C.from_mapping(taskcfg.resolve(spec, task))
+        bs = cfg.batch_size
         if bs not in by_batch:
             if measure is None:
                 raise ValueError(f"projection: {task} trains at batch {bs}, the bench at {args.batch_size}; "
                                  "pass measure= to time that batch size")
             by_batch[bs] = measure(name, bs)
         row = by_batch[bs]
-        train_s += cfg["epochs"] * 1000 / row["img_per_s"]
+        train_s += cfg.epochs * 1000 / row["img_per_s"]
         # under --compile each task (its own train.py run) compiles its training step once per batch shape (the
         # epoch's last, smaller batch is a second one); the bench's warm-up holds one such compilation (an estimate:
         # later tasks may hit the compile cache; train.py evaluates eagerly)
         if args.compile != "none":
             compile_s += (1 if 1000 % bs == 0 else 2) * row["warmup_extra_s"]
         eval_imgs += len(eval_epochs(cfg)) * VTAB_TEST_SIZES[task]
-        eval_imgs_19 += len(eval_epochs({**cfg, "eval_every": 10, "eval_last": 10})) * VTAB_TEST_SIZES[task]
+        eval_imgs_19 += len(eval_epochs(dataclasses.replace(cfg, eval_every=10, eval_last=10))) * VTAB_TEST_SIZES[task]
     return {"row": name, "eval_throughput": eval_key, "train_s": train_s,
             "train_img_per_s_by_batch": {bs: r["img_per_s"] for bs, r in sorted(by_batch.items())},
             "precision": args.precision,  # the sweep's own default is fp32 (PRECISION=bf16 to match this)
@@ -611,7 +613,7 @@ def main(argv=None) -> int:
         rows[name] = bench_train(model, args, device, profile=name in profiled)
         if name == loop_row and (args.project or not args.train_only):  # train.py's loop: eager, as train.py runs it
             rows[name]["eval_loop_img_per_s"] = bench_eval_loop(model, args, device)
-            rows[name]["eval_loop_merged"] = bool(OPTIONS["eval_merged"][0] and model.method.mergeable)
+            rows[name]["eval_loop_merged"] = bool(C.RunConfig().eval_merged and model.method.mergeable)
         if not args.train_only and name != "full":  # floor: the plain ViT's inference, the reference of ×plain
             rows[name]["eval_img_per_s"] = bench_infer(model, args, device)
             if name != "floor" and model.method.mergeable:

@@ -20,42 +20,35 @@ from pathlib import Path
 
 import torch
 
-import train as T
-
-
-def load_eval_split(cfg: dict, split: str):
-    import data
-
-    _, name = data.resolve_task(cfg["dataset"])
-    s = data.load_split(name, cfg.get("data_root"), split, img_size=cfg["img_size"], cache_dir=cfg.get("cache_dir"))
-    mean, std = (data.IMAGENET_MEAN, data.IMAGENET_STD) if cfg.get("norm", "imagenet") == "imagenet" else (
-        data.HALF_MEAN, data.HALF_STD)
-    loader = data.Loader(s, cfg.get("eval_batch_size", 256), shuffle=False, train=False, mean=mean, std=std,
-                         img_size=cfg["img_size"], device=cfg["device"])
-    return s, loader
+import models
+from engine import config as C
+from engine.data import eval_loader
+from engine.errors import RunError
+from engine.loop import evaluate
+from engine.rundir import seed_everything
+from models.pretrained import WeightsUnavailable
 
 
 def model_from_run(run: Path, device: str):
     """Rebuild the trained model of a run directory (config.json + adapter.safetensors)."""
-    import models
     from safetensors.torch import load_file
 
     for name in ("config.json", "adapter.safetensors"):
         if not (run / name).exists():
-            raise T.RunError(f"--run {run}: {name} is missing (is this a train.py output directory?)")
-    cfg = json.loads((run / "config.json").read_text())
-    cfg["device"] = device
+            raise RunError(f"--run {run}: {name} is missing (is this a train.py output directory?)")
+    cfg = C.from_json(json.loads((run / "config.json").read_text()))
+    cfg.device = device
     tensors = load_file(str(run / "adapter.safetensors"))
     if "head.weight" not in tensors:
-        raise T.RunError(f"{run / 'adapter.safetensors'} holds no head.weight: not an adapter checkpoint")
+        raise RunError(f"{run / 'adapter.safetensors'} holds no head.weight: not an adapter checkpoint")
     num_classes = tensors["head.weight"].shape[0]
-    T.seed_everything(cfg["seed"])  # as train.py: reproduces a randomly initialised (pretrained none) backbone
-    model = models.create_model(cfg["arch"], cfg["method"], num_classes=num_classes, pretrained=cfg["pretrained"],
-                                img_size=cfg["img_size"], drop_rate=cfg["drop_rate"],
-                                drop_path_rate=cfg["drop_path_rate"], **cfg["method_args"])
+    seed_everything(cfg.seed)  # as train.py: reproduces a randomly initialised (pretrained none) backbone
+    model = models.create_model(cfg.arch, cfg.method, num_classes=num_classes, pretrained=cfg.pretrained,
+                                img_size=cfg.img_size, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
+                                **cfg.method_args)
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != expected:
-        raise T.RunError(f"{run / 'adapter.safetensors'} does not match method {cfg['method']!r}: missing "
+        raise RunError(f"{run / 'adapter.safetensors'} does not match method {cfg.method!r}: missing "
                          f"{sorted(expected - set(tensors))[:3]}, unexpected {sorted(set(tensors) - expected)[:3]}")
     results = run / "results.json"
     if results.exists():
@@ -64,7 +57,7 @@ def model_from_run(run: Path, device: str):
             want, got = recorded.get(key), model.pretrained_info.get(key)
             if want and got:
                 if want != got:
-                    raise T.RunError(f"backbone weights {cfg['pretrained']} ({key} {got[:12]}…) differ from "
+                    raise RunError(f"backbone weights {cfg.pretrained} ({key} {got[:12]}…) differ from "
                                      f"those the run was trained with ({want[:12]}…)")
                 break
     model.load_state_dict(tensors, strict=False)
@@ -79,12 +72,11 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
     import contextlib
     import pickle
 
-    import models
     from models import convert
 
     path = Path(args.checkpoint)
     if not path.exists():
-        raise T.RunError(f"--checkpoint {path}: file not found")
+        raise RunError(f"--checkpoint {path}: file not found")
     try:  # tensors and plain containers only (the training scripts may also save their argparse.Namespace)
         if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5
             allow = torch.serialization.safe_globals([argparse.Namespace])
@@ -94,7 +86,7 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
         with allow:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise T.RunError(f"--checkpoint {path}: holds Python objects other than tensors, which are not loaded "
+        raise RunError(f"--checkpoint {path}: holds Python objects other than tensors, which are not loaded "
                          f"(they could run code): {str(e).splitlines()[0]}. Re-save its state dict with "
                          "torch.save(model.state_dict(), ...) in the code that wrote it") from None
     for key in ("model", "state_dict"):
@@ -105,7 +97,7 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
         ours, kw = convert.from_official_arc(sd, variant=method), {}
     else:
         if args.sparsity is None:
-            raise T.RunError("--format snell needs --sparsity: the official init_thres, which a checkpoint does not "
+            raise RunError("--format snell needs --sparsity: the official init_thres, which a checkpoint does not "
                              "store (per-task values: reproduce/configs/snell_*.yaml, snell.md §8.2-8.3)")
         ours = convert.from_official_snell(sd, rank=args.rank, sparsity=args.sparsity)  # checks --rank too
         method = "snell"
@@ -113,16 +105,16 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
     for flag, key in (("--arch", "arch"), ("--img-size", "img_size")):
         given = getattr(args, key)
         if given is not None and key in found and given != found[key]:
-            raise T.RunError(f"{flag} {given}: the checkpoint holds {found[key]}; drop {flag} or pass {found[key]}")
+            raise RunError(f"{flag} {given}: the checkpoint holds {found[key]}; drop {flag} or pass {found[key]}")
     kw = {"rank": found["rank"], "sparsity": args.sparsity} if method == "snell" else {"dim": found["dim"]}
     model = models.create_model(found["arch"], method, num_classes=found["num_classes"], pretrained=None,
                                 img_size=found["img_size"], **kw)
     model.load_state_dict(ours, strict=True)
     print(f"{path}: official {method} checkpoint, {found['arch']} at {found['img_size']} px, "
           + ", ".join(f"{k} {v}" for k, v in kw.items()))
-    cfg = {"dataset": args.dataset, "data_root": args.data_root, "img_size": found["img_size"], "norm": args.norm,
-           "device": args.device, "precision": args.precision, "eval_batch_size": args.batch_size,
-           "cache_dir": args.cache_dir}
+    cfg = C.RunConfig(dataset=args.dataset, data_root=args.data_root, img_size=found["img_size"], norm=args.norm,
+                      device=args.device, precision=args.precision or "fp32", eval_batch_size=args.batch_size,
+                      cache_dir=args.cache_dir)
     return model.to(args.device), cfg
 
 
@@ -149,40 +141,39 @@ def main(argv=None) -> int:
     p.add_argument("--norm", choices=("imagenet", "half"), default="imagenet")
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)
-    from models.pretrained import WeightsUnavailable
-    import models
-
     try:
         if args.run:
             model, cfg = model_from_run(Path(args.run), args.device)
             if args.data_root:
-                cfg["data_root"] = args.data_root
+                cfg.data_root = args.data_root
             if args.cache_dir:
-                cfg["cache_dir"] = args.cache_dir
+                cfg.cache_dir = args.cache_dir
         else:
             if not args.format or not args.dataset:
-                raise T.RunError("--checkpoint needs --format arc|snell and --dataset")
+                raise RunError("--checkpoint needs --format arc|snell and --dataset")
             model, cfg = model_from_official(args)
         if args.merge and not model.method.mergeable:
-            raise T.RunError(f"--merge: method {model.method.name!r} adds a computation no weight can express, so it "
+            raise RunError(f"--merge: method {model.method.name!r} adds a computation no weight can express, so it "
                              "cannot be merged into a plain ViT; drop --merge")
         if args.precision:
-            cfg["precision"] = args.precision
-        split, loader = load_eval_split(cfg, args.split)
+            cfg.precision = args.precision
+        split, loader = eval_loader(cfg.dataset, args.split, data_root=cfg.data_root, img_size=cfg.img_size,
+                                    norm=cfg.norm, batch_size=cfg.eval_batch_size, device=cfg.device,
+                                    cache_dir=cfg.cache_dir)
         if split.num_classes != model.head.out_features:
-            raise T.RunError(f"{cfg['dataset']} has {split.num_classes} classes but the model's head has "
+            raise RunError(f"{cfg.dataset} has {split.num_classes} classes but the model's head has "
                              f"{model.head.out_features}")
-        acc = T.evaluate(model, loader, cfg)
-        print(f"{cfg['dataset']} {args.split}: {acc:.2f}% top-1 ({len(split)} images, method {model.method.name})")
+        acc = evaluate(model, loader, cfg.device, cfg.precision)
+        print(f"{cfg.dataset} {args.split}: {acc:.2f}% top-1 ({len(split)} images, method {model.method.name})")
         if args.merge:
             merged = models.merge(model)
-            acc_m = T.evaluate(merged, loader, cfg)
-            print(f"{cfg['dataset']} {args.split}: {acc_m:.2f}% top-1 merged (plain ViT), difference "
+            acc_m = evaluate(merged, loader, cfg.device, cfg.precision)
+            print(f"{cfg.dataset} {args.split}: {acc_m:.2f}% top-1 merged (plain ViT), difference "
                   f"{acc_m - acc:+.3f} pt")
             if abs(acc_m - acc) > 0.01:
                 print("error: merged and unmerged accuracies differ by more than 0.01 pt", file=sys.stderr)
                 return 1
-    except (T.RunError, ValueError, WeightsUnavailable) as e:
+    except (RunError, ValueError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -28,23 +28,37 @@ per-task table and exits 1 when a task fails):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import DataError
-from .images import ImageLoader
-from .loader import AUG_KINDS, HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, Aug, Loader
-from .split import Split
 from .tasks import (DEMO_NUM_CLASSES, DEMO_TASKS, FGVC_DATASETS, FGVC_NUM_CLASSES, FGVC_SPLIT_SIZES, FGVC_SPLITS,
-                    NUM_CLASSES, VTAB_GROUPS, VTAB_NUM_CLASSES, VTAB_SPLIT_SIZES, VTAB_SPLITS, VTAB_TASKS,
-                    VTAB_TEST_SIZES, resolve_task)
-from .cache import default_cache_dir
+                    NUM_CLASSES, PROTOCOL_SPLITS, VTAB_GROUPS, VTAB_NUM_CLASSES, VTAB_SPLIT_SIZES, VTAB_SPLITS,
+                    VTAB_TASKS, VTAB_TEST_SIZES, resolve_task)
+
+if TYPE_CHECKING:
+    from .split import Split
+
+# The modules below import torch, numpy or PIL; they load on first use, so that the task tables above (and
+# ``reproduce/``, which reads them) work where only Python is installed.
+_LAZY = {"ImageLoader": ".images", "Aug": ".loader", "AUG_KINDS": ".loader", "Loader": ".loader",
+         "IMAGENET_MEAN": ".loader", "IMAGENET_STD": ".loader", "HALF_MEAN": ".loader", "HALF_STD": ".loader",
+         "Split": ".split", "default_cache_dir": ".cache"}
 
 __all__ = [
     "DataError", "Split", "Loader", "ImageLoader", "Aug", "AUG_KINDS", "load_split", "resolve_task", "make_demo",
-    "normalization", "default_cache_dir",
+    "normalization", "default_cache_dir", "PROTOCOL_SPLITS",
     "VTAB_TASKS", "VTAB_GROUPS", "VTAB_NUM_CLASSES", "VTAB_TEST_SIZES", "VTAB_SPLITS", "VTAB_SPLIT_SIZES",
     "FGVC_DATASETS", "FGVC_NUM_CLASSES", "FGVC_SPLIT_SIZES", "FGVC_SPLITS", "DEMO_TASKS", "DEMO_NUM_CLASSES",
     "NUM_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "HALF_MEAN", "HALF_STD",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_split(dataset: str, root: str | Path | None, split: str, img_size: int = 224,
@@ -90,6 +104,8 @@ def make_demo(root, task: str = "demo", n_train: int = 800, n_val: int = 200, n_
 
 def normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``'imagenet'`` -> ImageNet mean/std; ``'half'`` / ``'0.5'`` / ``'inception'`` -> 0.5/0.5."""
+    from .loader import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD
+
     k = str(name).lower()
     if k in ("imagenet", "in"):
         return IMAGENET_MEAN, IMAGENET_STD

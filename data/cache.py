@@ -1,4 +1,4 @@
-"""Decoded-array cache: location, keys, atomic writes.
+"""Decoded-array cache: location, keys, entries (written through ``util.files``).
 
 A cache entry is two files in ``<cache_dir>/<benchmark>/<dataset>/``:
 
@@ -23,29 +23,15 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from util.files import mkstemp_near, write_text_atomic
+
 ENV_VAR = "VIT_PEFT_CACHE"
 CACHE_VERSION = 2  # 2: the JSON records ``npy_bytes`` and is replaced by commit_entry (1-entries are rebuilt)
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
-def mkstemp_near(final: Path, suffix: str = ".tmp") -> Path:
-    """A temp file next to ``final`` with normal permissions (mkstemp alone gives 0600)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
-    return Path(tmp)
 
 
 def default_cache_dir() -> Path:
@@ -59,46 +45,10 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(cache_dir).expanduser().resolve() if cache_dir is not None else default_cache_dir()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def key_digest(material: dict[str, Any]) -> str:
     """Stable short digest of a JSON-able dict (the cache key)."""
     blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; on success ``os.replace`` it onto ``final``.
-
-    On any exception the temporary file is removed and ``final`` is left untouched.
-    """
-    tmp_path = mkstemp_near(final, (suffix or "") + ".tmp")
-    try:
-        yield tmp_path
-        os.replace(tmp_path, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
-
-
-def write_text_atomic(final: Path, text: str) -> None:
-    with atomic_path(final) as tmp:
-        tmp.write_text(text)
 
 
 def write_json_atomic(final: Path, obj: Any) -> None:

@@ -33,7 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import cache as _cache
+from util import files
+
 from .errors import DataError, cli_main
 from .tasks import DEMO_NUM_CLASSES, DEMO_TASKS, resolve_task
 
@@ -159,7 +160,7 @@ def make_demo(root: str | os.PathLike, task: str = "demo", n_train: int = 800, n
         return task_dir
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=root))
-    os.chmod(tmp, 0o777 & ~_cache._umask())
+    os.chmod(tmp, 0o777 & ~files.umask())
     try:
         lines: dict[str, list[str]] = {}
         for split, n in (("train800", n_train), ("val200", n_val), ("test", n_test)):

@@ -36,12 +36,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from util import files
+
 from . import cache as _cache
 from .errors import DataError
 from .split import Split, cached_decode, image_format, resize_short_center_square, stat_fingerprint
-from .tasks import FGVC_NUM_CLASSES, FGVC_SPLITS, aliases, resolve_task
+from .tasks import FGVC_JSON_SPLITS as JSON_SPLITS, FGVC_NUM_CLASSES, FGVC_SPLITS, aliases, resolve_task
 
-JSON_SPLITS = ("train", "val", "test")
 IMAGE_SUBDIRS = ("", "images", "Images")
 
 
@@ -164,7 +165,7 @@ def fgvc_files(dataset: str, root: str | Path | None, split: str, *, strict_coun
 
 def _split_shas(ds_dir: Path) -> dict[str, str]:
     """SHA-256 of the three split files (the provenance every run records, benchmarks.md §8)."""
-    return {f"{s}.json": _cache.sha256_file(ds_dir / f"{s}.json") for s in JSON_SPLITS}
+    return {f"{s}.json": files.sha256_file(ds_dir / f"{s}.json") for s in JSON_SPLITS}
 
 
 def read_split_info(ds_dir: Path) -> dict[str, Any]:

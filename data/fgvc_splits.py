@@ -43,6 +43,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from util import files
+
 from . import cache as _cache
 from .errors import DataError, cli_main
 from .tasks import FGVC_DATASETS, FGVC_SPLIT_SIZES, resolve_task
@@ -247,8 +249,8 @@ def write_splits(dataset: str, root: str | Path, seed: int = 0, val_size: int | 
     shas = {}
     for s, d in splits.items():
         text = json.dumps(d, indent=0, sort_keys=True) + "\n"
-        _cache.write_text_atomic(root / f"{s}.json", text)
-        shas[f"{s}.json"] = _cache.sha256_bytes(text.encode())
+        files.write_text_atomic(root / f"{s}.json", text)
+        shas[f"{s}.json"] = files.sha256_bytes(text.encode())
     info["sha256"] = shas
     _cache.write_json_atomic(root / "split_info.json", info)
     return info

@@ -46,6 +46,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from util import files
+
 from . import cache as _cache
 from .errors import DataError, cli_main
 from .tasks import VTAB_NUM_CLASSES, VTAB_SPLIT_SIZES, VTAB_SPLITS, VTAB_TASKS, VTAB_TEST_SIZES, resolve_task
@@ -138,8 +140,8 @@ def write_noah_task(root: str | os.PathLike, task: str, train800: Iterable[tuple
                                 "splits": {}}
     for s in VTAB_SPLITS:
         text = "\n".join(lines[s]) + "\n"
-        _cache.write_text_atomic(task_dir / f"{s}.txt", text)
-        manifest["splits"][s] = {"n": len(lines[s]), "sha256": _cache.sha256_bytes(text.encode())}
+        files.write_text_atomic(task_dir / f"{s}.txt", text)
+        manifest["splits"][s] = {"n": len(lines[s]), "sha256": files.sha256_bytes(text.encode())}
     _cache.write_json_atomic(task_dir / "manifest.json", manifest)
     return task_dir
 
@@ -251,7 +253,7 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
                 rep.errors.append(f"manifest.json says {m['num_classes']} classes, {canonical!r} has {C}")
             for s, entry in (m.get("splits") or {}).items():
                 f = task_dir / f"{s}.txt"
-                if f.is_file() and entry.get("sha256") and _cache.sha256_file(f) != entry["sha256"]:
+                if f.is_file() and entry.get("sha256") and files.sha256_file(f) != entry["sha256"]:
                     rep.errors.append(f"{s}.txt does not match manifest.json (sha256)")
             if m.get("format"):
                 rep.format = f"{m['format']}" + (f" q{m['jpeg_quality']}" if m.get("jpeg_quality") else "")
@@ -260,7 +262,7 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
     elif write_manifest and decode and rep.ok:  # benchmarks.md §2: the verified tree gets its manifest
         m = {"task": canonical, "format": rep.format, "jpeg_quality": None, "num_classes": C,
              "created_by": "data.prepare_vtab --check (an existing tree, verified)",
-             "splits": {s: {"n": rep.counts[s], "sha256": _cache.sha256_file(task_dir / f"{s}.txt")} for s in parsed}}
+             "splits": {s: {"n": rep.counts[s], "sha256": files.sha256_file(task_dir / f"{s}.txt")} for s in parsed}}
         try:
             _cache.write_json_atomic(manifest, m)
             rep.manifest_written = True

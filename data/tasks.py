@@ -98,6 +98,7 @@ FGVC_SPLIT_SIZES: dict[str, dict[str, int]] = {
     t[0]: dict(zip(("train", "val", "test"), t[2])) for t in _FGVC_TABLE
 }
 FGVC_SPLITS: tuple[str, ...] = ("train", "val", "test", "trainval")
+FGVC_JSON_SPLITS: tuple[str, ...] = ("train", "val", "test")  # the files; trainval = train + val
 
 _FGVC_ALIASES: dict[str, list[str]] = {
     "cub": ["CUB_200_2011", "CUB", "cub200", "cub_200", "cub2011", "CUB-200-2011", "cub_200_2011"],
@@ -119,6 +120,31 @@ _DEMO_ALIASES: dict[str, list[str]] = {
 }
 
 NUM_CLASSES: dict[str, int] = {**VTAB_NUM_CLASSES, **FGVC_NUM_CLASSES, **DEMO_NUM_CLASSES}
+
+# ---------------------------------------------------------------------------------------------
+# Protocols (benchmarks.md §6): (benchmark, protocol) -> (training split, selection split or None).
+# The paper protocol trains on train+val and reads the test split; the clean protocol's selection run
+# trains on train only and scores the held-out val split. Demo tasks use the VTAB layout.
+# ---------------------------------------------------------------------------------------------
+PROTOCOLS: tuple[str, ...] = ("paper", "clean")
+PROTOCOL_SPLITS: dict[tuple[str, str], tuple[str, str | None]] = {
+    ("vtab", "paper"): ("train800val200", None), ("vtab", "clean"): ("train800", "val200"),
+    ("fgvc", "paper"): ("train", None), ("fgvc", "clean"): ("train", "val"),
+}
+
+
+def protocol_splits(benchmark: str, protocol: str) -> tuple[str, str | None]:
+    """(training split, selection split or None) of a run; every run also reads ``test``."""
+    return PROTOCOL_SPLITS["vtab" if benchmark == "demo" else benchmark, protocol]
+
+
+def split_files(benchmark: str, protocol: str) -> tuple[str, ...]:
+    """The split files (stems) a run of ``protocol`` reads: VTAB its training and selection splits and ``test``;
+    FGVC every JSON for any split (the class map is built from all three, and each must hold every class,
+    BENCH-5)."""
+    if benchmark == "fgvc":
+        return FGVC_JSON_SPLITS
+    return tuple(s for s in protocol_splits(benchmark, protocol) if s) + ("test",)
 
 
 def _key(name: str) -> str:

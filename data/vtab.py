@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from util import files
+
 from . import cache as _cache
 from .errors import DataError
 from .split import Split, cached_decode, image_format, resize_square, stat_fingerprint
@@ -155,7 +157,7 @@ def load_vtab_split(task: str, root: str | Path | None, split: str, img_size: in
     paths = [task_dir / r for r in rels]
     describe = (lambda i: f"{split_file}:{i + 1}")
     fingerprint = stat_fingerprint(paths, describe)
-    sha = _cache.sha256_file(split_file)
+    sha = files.sha256_file(split_file)
     material = {"bench": bench, "task": canonical, "split": split, "split_sha256": sha, "size": int(img_size),
                 "resize": interpolation, "files": fingerprint, "transform": "resize_square"}
     stem = f"{split}-{img_size}-{interpolation}-{sha[:12]}"

@@ -41,11 +41,13 @@ from pathlib import Path
 
 import torch
 
+from util.files import sha256_file
+
 from .vit import ARCHS, VisionTransformer
 
 __all__ = ["load_pretrained", "WeightsUnavailable",
            "resolve_timm_name", "timm_to_ours", "load_state_dict_into", "read_npz",
-           "read_state_dict", "sha256_file", "sha256_tensors", "describe_arch"]
+           "read_state_dict", "sha256_tensors", "describe_arch"]
 
 _NPZ = (".npz",)
 _SAFETENSORS = (".safetensors",)
@@ -88,15 +90,6 @@ def describe_arch(width: int, depth: int, patch: int, heads: int | None = None) 
 def _model_dims(model: VisionTransformer) -> tuple[int, int, int, int]:
     """(width, depth, heads, patch) of our ViT."""
     return model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads, model.patch_embed.patch_size
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, streamed in chunks (weight files can be over 1 GB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_arch(arch: str, model: VisionTransformer, width: int, depth: int, patch: int, heads: int | None) -> None:

@@ -18,14 +18,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-__all__ = ["check_data", "check_weights", "main"]
+from data.tasks import PROTOCOLS, split_files  # noqa: E402  (plain Python: no torch)
 
-# The split files train.py's loaders read per protocol (benchmarks.md §3, §6). VTAB (data/vtab.py) reads only the
-# splits train.py asks for (train.py SPLITS): paper trains on train800val200, clean on train800 + val200. FGVC
-# (data/fgvc.py label_map) reads all three JSONs (data.fgvc.JSON_SPLITS) for any split -- the global class map and the
-# every-class-in-every-split check -- so both protocols need train, val and test.json.
-VTAB_SPLITS = {"paper": ("train800val200", "test"), "clean": ("train800", "val200", "test")}
-FGVC_SPLITS = {"paper": ("train", "val", "test"), "clean": ("train", "val", "test")}
+__all__ = ["check_data", "check_weights", "main"]
 
 HOW_VTAB = ("VTAB-1k is not there. Build it once with the converter (TensorFlow only there, benchmarks.md §8): "
             "`python -m data.prepare_vtab --task <task> --out <root>` (see data/prepare_vtab.py --help; writes the "
@@ -62,13 +57,13 @@ def check_data(benchmark: str, root: str | Path, tasks: list[str], protocol: str
         return [f"data root {root} does not exist. " + (HOW_VTAB if benchmark == "vtab" else HOW_FGVC)]
     problems = []
     how = HOW_VTAB if benchmark == "vtab" else HOW_FGVC
-    splits, ext = (VTAB_SPLITS, "txt") if benchmark == "vtab" else (FGVC_SPLITS, "json")
+    ext = "txt" if benchmark == "vtab" else "json"
     for task in tasks:
         folder = _find(benchmark, root, task)
         if folder is None:
             problems.append(f"{root}: no folder for {task}. " + how)
             continue
-        missing = [f"{s}.{ext}" for s in splits[protocol] if not (folder / f"{s}.{ext}").is_file()]
+        missing = [f"{s}.{ext}" for s in split_files(benchmark, protocol) if not (folder / f"{s}.{ext}").is_file()]
         if missing:
             problems.append(f"{folder}: missing split file(s) {', '.join(missing)}. " + how)
     return problems
@@ -108,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmark", choices=("vtab", "fgvc"), required=True)
     ap.add_argument("--root", required=True)
     ap.add_argument("--weights", default="none")
-    ap.add_argument("--protocol", choices=("paper", "clean"), default="paper")
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="paper")
     ap.add_argument("--tasks", nargs="+", required=True)
     args = ap.parse_args(argv)
     problems = check_data(args.benchmark, args.root, args.tasks, args.protocol)

@@ -106,21 +106,26 @@ def resolve(spec: dict, task: str, epochs: int | None = None) -> dict:
     return cfg
 
 
-def validate(spec: dict, options: dict | None = None, choices: dict | None = None) -> list[str]:
-    """Problems of a config: missing required values per task, and (when ``options``/``choices`` are given, e.g.
-    ``train.OPTIONS``/``train.CHOICES``) option names or choice values train.py would reject."""
+def validate(spec: dict, check_options: bool = False) -> list[str]:
+    """Problems of a config: missing required values per task, and with ``check_options`` every task's options as
+    train.py would take them: each task's flat mapping is built into its run configuration
+    (``engine.config.from_mapping``: names, types, choices, ranges), and what that refuses is reported."""
     problems = []
     for task in spec["tasks"]:
         cfg = resolve(spec, task)
         for key in REQUIRED:
             if cfg.get(key) in (None, {}, ""):
                 problems.append(f"{task}: no value for {key}")
-        if options is not None:
-            for key in sorted(set(cfg) - set(options)):
-                problems.append(f"{task}: {key!r} is not a train.py option")
-        for key, allowed in (choices or {}).items():
-            if key in cfg and cfg[key] not in allowed:
-                problems.append(f"{task}: {key}={cfg[key]!r} is not one of {allowed}")
+        if check_options:
+            from engine import config as C
+            from engine.errors import RunError
+
+            unknown = sorted(set(cfg) - set(C.OPTIONS))
+            problems += [f"{task}: {key!r} is not a train.py option" for key in unknown]
+            try:
+                C.from_mapping({k: v for k, v in cfg.items() if k not in unknown})
+            except RunError as e:
+                problems.append(f"{task}: {e}")
     return problems
 
 
@@ -254,17 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             print(value)
             return 0
         if args.check_options:  # before a sweep trains anything: every run would fail in train.py otherwise
-            import train
+            from engine.config import CHOICES
 
             for knob in args.knob:  # the sweep's environment knobs, against train.py's own choices
                 name, _, value = knob.partition("=")
                 if name not in SWEEP_KNOBS:
                     raise ConfigError(f"--knob {knob}: no such knob; use {', '.join(SWEEP_KNOBS)}")
-                choices = train.CHOICES[SWEEP_KNOBS[name]]
+                choices = CHOICES[SWEEP_KNOBS[name]]
                 if value not in choices:
                     raise ConfigError(f"{name}={value}: use one of {' '.join(choices)}")
             by_problem: dict[str, list[str]] = {}  # "task: problem" -> problem: tasks (a default repeats per task)
-            for p in validate(spec, train.OPTIONS, train.CHOICES):
+            for p in validate(spec, check_options=True):
                 task, _, what = p.partition(": ")
                 by_problem.setdefault(what, []).append(task)
             if by_problem:
@@ -274,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "python train.py --help)")
             return 0
         if args.check:
-            import train
-
-            problems = validate(spec, train.OPTIONS, train.CHOICES) + undocumented(args.config)
+            problems = validate(spec, check_options=True) + undocumented(args.config)
             print("\n".join(problems) or f"{args.config}: ok ({len(spec['tasks'])} tasks)")
             return 1 if problems else 0
         if not args.task:

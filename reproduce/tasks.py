@@ -1,43 +1,31 @@
-"""The task lists the sweeps loop over and the aggregates the papers print (specs: benchmarks.md §1, §3, §7).
+"""The task lists the sweeps loop over and the aggregates the papers print (docs/benchmarks.md §1, §3, §7).
 
-Kept free of torch and of ``data/`` so that ``verify.py`` runs anywhere a ``results.json`` can be read.
+The tables themselves are ``data/tasks.py``'s (plain Python: ``verify.py`` runs anywhere a ``results.json`` can be
+read, without torch); here they are arranged as the sweeps and the verification read them:
 
 * ``VTAB`` — the 19 canonical ids (NOAH folder names) in table order, with their group and class count;
 * ``FGVC`` — the 5 dataset ids with class counts;
 * ``mean_19`` (plain mean of the 19 tasks) and ``mean_groups`` (mean of the three group means) are the two VTAB "mean"
-  conventions of benchmarks.md §7; ``mean_fgvc`` is the plain FGVC mean.
+  conventions of docs/benchmarks.md §7; ``mean_fgvc`` is the plain FGVC mean.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from statistics import fmean
 from typing import Mapping
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data import tasks as _D  # noqa: E402
 
 __all__ = ["VTAB", "FGVC", "GROUPS", "VTAB_TASKS", "FGVC_TASKS", "benchmark_of", "group_of", "group_means",
            "mean_19", "mean_groups", "mean_fgvc", "aggregates"]
 
-# task id -> (group, number of classes); order = the papers' table order (benchmarks.md §1)
-VTAB: dict[str, tuple[str, int]] = {
-    "cifar": ("natural", 100),
-    "caltech101": ("natural", 102),
-    "dtd": ("natural", 47),
-    "oxford_flowers102": ("natural", 102),
-    "oxford_iiit_pet": ("natural", 37),
-    "svhn": ("natural", 10),
-    "sun397": ("natural", 397),
-    "patch_camelyon": ("specialized", 2),
-    "eurosat": ("specialized", 10),
-    "resisc45": ("specialized", 45),
-    "diabetic_retinopathy": ("specialized", 5),
-    "clevr_count": ("structured", 8),
-    "clevr_dist": ("structured", 6),
-    "dmlab": ("structured", 6),
-    "kitti": ("structured", 4),
-    "dsprites_loc": ("structured", 16),
-    "dsprites_ori": ("structured", 16),
-    "smallnorb_azi": ("structured", 18),
-    "smallnorb_ele": ("structured", 9),
-}
-FGVC: dict[str, int] = {"cub": 200, "nabirds": 555, "oxford_flowers": 102, "stanford_dogs": 120, "stanford_cars": 196}
+# task id -> (group, number of classes); order = the papers' table order
+VTAB: dict[str, tuple[str, int]] = {t: (_D.VTAB_GROUPS[t], _D.VTAB_NUM_CLASSES[t]) for t in _D.VTAB_TASKS}
+FGVC: dict[str, int] = {t: _D.FGVC_NUM_CLASSES[t] for t in _D.FGVC_DATASETS}
 
 GROUPS: dict[str, tuple[str, ...]] = {
     g: tuple(t for t, (grp, _) in VTAB.items() if grp == g) for g in ("natural", "specialized", "structured")

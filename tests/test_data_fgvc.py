@@ -276,12 +276,12 @@ def test_fgvc_bad_inputs(tmp_path):
 def test_results_record_a_regenerated_split_and_the_image_format(tmp_path):
     # benchmarks.md §8: a regenerated FGVC split is not VPT's and must be labelled so in every result file, with
     # the image format; train.py's results.json takes both from the split (split_provenance)
-    import train
+    from engine.rundir import split_provenance
 
     d = fake_cub(tmp_path / "CUB_200_2011", n_classes=3, n_train=4, n_test=2)
     write_splits("cub", d, val_size=3)
     kw = dict(img_size=28, cache_dir=tmp_path / "c", strict_counts=False)
-    prov = train.split_provenance({s: load_split("cub", d, s, **kw) for s in ("train", "test")})
+    prov = split_provenance({s: load_split("cub", d, s, **kw) for s in ("train", "test")})
     assert prov["train"]["regenerated"] is True and prov["test"]["regenerated"] is True
     assert prov["train"]["format"] == "jpg" and "train.json" in prov["train"]["sha256"]
     assert prov["train"]["resize"] == "bilinear"  # torchvision Resize(256)'s default, as the papers' loaders

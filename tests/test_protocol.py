@@ -4,6 +4,7 @@ Clean protocol (§6.2): select on val200 by val top-1 at the LAST epoch (train80
 test top-1 at the LAST epoch, never the best epoch's. Tiny demo runs on the CPU, a few seconds each."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,23 +13,25 @@ import pytest
 import torch
 from PIL import Image
 
-import train as T
+from engine import config as C
+from engine import loop as L
+from engine.data import build_data
 from reproduce import search, taskcfg
 # train.main in-process (output captured, exit code checked) and the tiny-run flags; ``cache`` is in conftest.py
 from test_train import FAST, ROOT, run
 
 
 def scripted_evaluate(monkeypatch, curves: dict[str, list[float]]) -> list[str]:
-    """Replace train.evaluate: the n-th evaluation of a split returns curves[split][n] (training itself is real), so
+    """Replace engine.loop.evaluate: the n-th evaluation of a split returns curves[split][n] (training itself is real), so
     the accuracy curve is known exactly; returns the log of the evaluated split names."""
     calls: list[str] = []
 
-    def fake(model, loader, cfg):
+    def fake(model, loader, device, precision):
         name = loader.split.split
         calls.append(name)
         return curves[name][calls.count(name) - 1]
 
-    monkeypatch.setattr(T, "evaluate", fake)
+    monkeypatch.setattr(L, "evaluate", fake)
     return calls
 
 
@@ -90,10 +93,10 @@ def test_color_jitter_reaches_the_fgvc_train_loader_and_results(cache, tmp_path,
     assert json.loads((out / "config.json").read_text())["color_jitter"] == 0.4
 
     monkeypatch.setenv("VIT_PEFT_CACHE", str(cache))
-    base = T.resolve_config(T.build_parser().parse_args(["--dataset", "oxford_flowers", "--data-root", str(root),
-                                                         *FAST, "--device", "cpu", "--out", str(tmp_path / "x")]))
-    assert base["color_jitter"] == 0.0
-    loaders = {j: T.build_data({**base, "color_jitter": j})[3] for j in (0.0, 0.4)}
+    base = C.build(C.build_parser().parse_args(["--dataset", "oxford_flowers", "--data-root", str(root), *FAST,
+                                                "--device", "cpu", "--out", str(tmp_path / "x")]))
+    assert base.color_jitter == 0.0
+    loaders = {j: build_data(dataclasses.replace(base, color_jitter=j)).loaders for j in (0.0, 0.4)}
     assert loaders[0.4]["train"].aug.color_jitter == 0.4 and loaders[0.4]["train"].aug.kind == "rrc"
     assert loaders[0.0]["train"].aug.color_jitter == 0.0
     assert loaders[0.4]["test"].aug.kind == "none"  # evaluation is never augmented

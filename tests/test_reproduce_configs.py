@@ -2,7 +2,6 @@
 search's selection and config rewriting (specs: hta.md §5, arc.md §7, snell.md §8, benchmarks.md §6)."""
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engine import config as C
 from reproduce import preflight, search, taskcfg, tasks as K, verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,16 +19,6 @@ CONFIGS = sorted((ROOT / "reproduce" / "configs").glob("*.yaml"))
 SCRIPTS = {"householder_vtab.sh": "hta_vtab", "householder_vtab_large.sh": "hta_vtab_large",
            "householder_fgvc.sh": "hta_fgvc", "arc_vtab.sh": "arc_vtab", "arc_fgvc.sh": "arc_fgvc",
            "snell_vtab.sh": "snell_vtab", "snell_fgvc.sh": "snell_fgvc"}
-
-
-def _train_options() -> tuple[dict, dict]:
-    """train.py's OPTIONS and CHOICES, read without importing train.py (and torch)."""
-    found = {}
-    for node in ast.parse((ROOT / "train.py").read_text()).body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
-        if isinstance(target, ast.Name) and target.id in ("OPTIONS", "CHOICES"):
-            found[target.id] = ast.literal_eval(node.value)
-    return found["OPTIONS"], found["CHOICES"]
 
 
 def test_every_script_has_its_config():
@@ -44,8 +34,7 @@ def test_config_complete_documented_and_accepted_by_train(path):
     spec = taskcfg.load(path)
     expected = K.VTAB_TASKS if spec["benchmark"] == "vtab" else K.FGVC_TASKS
     assert tuple(spec["tasks"]) == expected  # every task, in table order
-    options, choices = _train_options()
-    assert taskcfg.validate(spec, options, choices) == []  # lr, wd, batch, epochs, method + args; train.py names
+    assert taskcfg.validate(spec, check_options=True) == []  # lr, wd, batch, epochs, method + args; train.py's options
     assert taskcfg.undocumented(path) == []  # every value carries '# source:'
     for task in spec["tasks"]:
         cfg = taskcfg.resolve(spec, task)
@@ -100,7 +89,7 @@ def test_task_config_file_and_epochs_override(tmp_path):
     assert flat["epochs"] == 20 and flat["warmup_epochs"] == 2 and flat["batch_size"] == 16  # 10 of 100 -> 2 of 20
     assert flat["method_args"] == {"rank": 32, "sparsity": 0.15, "dropout": 0.1} and flat["lr"] == 7e-4
     assert taskcfg.resolve(spec, "cifar", epochs=20)["warmup_epochs"] == 1  # 10 of 200 -> 1 of 20
-    assert set(flat) <= set(_train_options()[0])
+    assert set(flat) <= set(C.OPTIONS)
     assert taskcfg.resolve(spec, "cifar", epochs=1)["warmup_epochs"] == 0
     assert taskcfg.select(spec, "cifar100, dtd,cifar") == ["cifar", "dtd"]  # aliases resolve
     with pytest.raises(taskcfg.ConfigError, match="not in this config"):
@@ -154,11 +143,9 @@ def test_compile_knob_reaches_train_py_and_bad_knobs_stop_the_sweep_before_any_r
     plain = _sweep("householder_vtab.sh", env, "--dry-run")  # default: the command earlier runs recorded
     assert [line for line in plain.stdout.splitlines() if "train.py" in line][0] == train[0].replace(
         " --compile reduce-overhead", "")
-    import train
-
     for knob, value in (("COMPILE", "cudagraphs"), ("PRECISION", "fp16"), ("PROTOCOL", "test")):
         bad = _sweep("householder_vtab.sh", {**env, knob: value})
-        choices = " ".join(train.CHOICES[knob.lower()])  # train.py's own list, not a copy in the script
+        choices = " ".join(C.CHOICES[knob.lower()])  # train.py's own list, not a copy in the script
         assert bad.returncode == 2 and f"{knob}={value}: use one of {choices}" in bad.stderr, (knob, bad.stderr)
         assert "train.py" not in bad.stdout and not (tmp_path / "out").exists()
 
@@ -200,9 +187,9 @@ def test_missing_data_or_weights_say_how_to_get_them(tmp_path):
 def test_fgvc_preflight_needs_every_json_the_loader_reads(tmp_path):
     """data/fgvc.py reads train, val and test.json for any split (its global class map), so a missing val.json must
     stop a paper-protocol sweep in preflight (exit 3, nothing written), not fail every train.py run."""
-    from data.fgvc import JSON_SPLITS
+    from data.tasks import FGVC_JSON_SPLITS, split_files
 
-    assert preflight.FGVC_SPLITS == {"paper": JSON_SPLITS, "clean": JSON_SPLITS}
+    assert split_files("fgvc", "paper") == split_files("fgvc", "clean") == FGVC_JSON_SPLITS == ("train", "val", "test")
     cub = tmp_path / "fgvc" / "cub"
     cub.mkdir(parents=True)
     for s in ("train", "test"):

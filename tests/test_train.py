@@ -12,6 +12,9 @@ import torch
 
 import eval as E
 import train as T
+from engine import config as C
+from engine import loop as L
+from engine.errors import RunError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--arch", "vit_micro_patch8", "--img-size", "32", "--pretrained", "none", "--batch-size", "50",
@@ -87,16 +90,16 @@ def test_optimizer_choice_and_peak_lr():
     import models
 
     m = models.create_model("vit_micro_patch8", "vpt_shallow", num_classes=3, img_size=32)
-    parse = lambda *a: T.resolve_config(T.build_parser().parse_args(list(a)))  # noqa: E731
+    parse = lambda *a: C.build(C.build_parser().parse_args(list(a)))  # noqa: E731
     cfg = parse("--optimizer", "sgd", "--lr", "25", "--batch-size", "128", "--scale-lr", "true", "--epochs", "10",
                 "--warmup-epochs", "1")
-    opt = T.build_optimizer(cfg, T.param_groups(m, 1e-4, "all"), torch.device("cpu"))
-    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and T.peak_lr(cfg) == 12.5
-    assert T.lr_at(cfg, 10, 1, 10) == 12.5  # the schedule peaks at the scaled lr, after the warm-up epoch
+    opt = L.build_optimizer(cfg, L.param_groups(m, 1e-4, "all"), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9 and L.peak_lr(cfg) == 12.5
+    assert L.lr_at(cfg, 10, 1, 10) == 12.5  # the schedule peaks at the scaled lr, after the warm-up epoch
     cfg = parse("--lr", "25")
-    assert isinstance(T.build_optimizer(cfg, T.param_groups(m, 1e-4, "all"), torch.device("cpu")), torch.optim.AdamW)
-    assert T.peak_lr(cfg) == 25.0  # scale_lr is off by default
-    with pytest.raises(T.RunError, match="momentum must be a number in"):
+    assert isinstance(L.build_optimizer(cfg, L.param_groups(m, 1e-4, "all"), torch.device("cpu")), torch.optim.AdamW)
+    assert L.peak_lr(cfg) == 25.0  # scale_lr is off by default
+    with pytest.raises(RunError, match="momentum must be a number in"):
         parse("--momentum", "1.5")
 
 
@@ -159,20 +162,6 @@ def test_kill_and_resume_equals_an_uninterrupted_run(cache, tmp_path):
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)  # bit-identical on the CPU
 
 
-def test_atomic_write_never_leaves_a_half_written_file(tmp_path):
-    target = tmp_path / "train_state.pt"
-    target.write_text("previous complete checkpoint")
-
-    def broken(p: Path):
-        p.write_text("half")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        T.atomic_write(target, broken)
-    assert target.read_text() == "previous complete checkpoint"
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["train_state.pt"]
-
-
 def test_clean_protocol_scores_val_at_the_last_epoch_and_eval_merge_agrees(cache, tmp_path, capsys):
     out = tmp_path / "clean"
     run(["--method", "hta", "--dataset", "demo", *FAST, "--epochs", "3", "--protocol", "clean", "--lr", "5e-3",
@@ -214,8 +203,8 @@ def test_config_file_values_are_read_like_flags(cache, tmp_path):
     # and a value that is none of them stops the run with one line naming the file and the option, nothing written
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lr: 1e-3\nweight_decay: 5e-2\nepochs: '1'\neval_initial: yes\ngrad_clip: none\n")
-    c = T.resolve_config(T.build_parser().parse_args(["--config", str(cfg)]))
-    assert (c["lr"], c["weight_decay"], c["epochs"], c["eval_initial"], c["grad_clip"]) == (1e-3, 0.05, 1, True, None)
+    c = C.build(C.build_parser().parse_args(["--config", str(cfg)]))
+    assert (c.lr, c.weight_decay, c.epochs, c.eval_initial, c.grad_clip) == (1e-3, 0.05, 1, True, None)
     run(["--dataset", "demo", *FAST, "--config", cfg, "--out", tmp_path / "ok"], cache)
     for text, message in (("epochs: ten", "epochs: 'ten' is not valid; it takes a whole number"),
                           ("batch_size: 2.5", "batch_size: 2.5 is not valid"),
@@ -311,37 +300,37 @@ def test_finished_run_is_not_overwritten_without_flag(cache, tmp_path):
 def test_yaml_config_is_overridden_by_flags_and_unknown_keys_rejected(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lr: 0.01\nbatch_size: 16\nmethod_args: {rank: 2, dropout: 0.1}\n")
-    args = T.build_parser().parse_args(["--config", str(cfg), "--lr", "0.5", "--method-args", "dropout=0.2"])
-    c = T.resolve_config(args)
-    assert c["lr"] == 0.5 and c["batch_size"] == 16 and c["method_args"] == {"rank": 2, "dropout": 0.2}
+    args = C.build_parser().parse_args(["--config", str(cfg), "--lr", "0.5", "--method-args", "dropout=0.2"])
+    c = C.build(args)
+    assert c.lr == 0.5 and c.batch_size == 16 and c.method_args == {"rank": 2, "dropout": 0.2}
     cfg.write_text("learning_rate: 0.01\n")
-    with pytest.raises(T.RunError, match="learning_rate"):
-        T.resolve_config(T.build_parser().parse_args(["--config", str(cfg)]))
+    with pytest.raises(RunError, match="learning_rate"):
+        C.build(C.build_parser().parse_args(["--config", str(cfg)]))
 
 
 def test_schedules_match_the_specs():
-    cfg = {"lr": 1e-3, "epochs": 100, "warmup_epochs": 10, "schedule": "per_epoch_timm", "min_lr_factor": 1e-6}
-    lrs = [T.lr_at(cfg, 0, e, 32) for e in range(100)]
+    cfg = C.RunConfig(lr=1e-3, epochs=100, warmup_epochs=10, schedule="per_epoch_timm", min_lr_factor=1e-6)
+    lrs = [L.lr_at(cfg, 0, e, 32) for e in range(100)]
     # snell.md §11: e0 = e1 = 1e-6; e2 ≈ 1.01e-4; e11 ≈ 9.76e-4
     assert lrs[0] == lrs[1] == 1e-6 and abs(lrs[2] - 1.009e-4) < 1e-10 and abs(lrs[11] - 9.76e-4) < 1e-6
-    cfg["schedule"] = "per_step"
+    cfg.schedule = "per_step"
     steps = 32
-    assert T.lr_at(cfg, 0, 0, steps) == 0.0  # arc.md §7.1: the first update uses lr 0
-    assert abs(T.lr_at(cfg, 160, 5, steps) - 0.5e-3) < 1e-12
-    assert abs(T.lr_at(cfg, 320, 10, steps) - 1e-3) < 1e-12
-    assert T.lr_at(cfg, 3199, 99, steps) < 1e-5 and T.lr_at(cfg, 10**6, 99, steps) == 1e-3 * 1e-6
+    assert L.lr_at(cfg, 0, 0, steps) == 0.0  # arc.md §7.1: the first update uses lr 0
+    assert abs(L.lr_at(cfg, 160, 5, steps) - 0.5e-3) < 1e-12
+    assert abs(L.lr_at(cfg, 320, 10, steps) - 1e-3) < 1e-12
+    assert L.lr_at(cfg, 3199, 99, steps) < 1e-5 and L.lr_at(cfg, 10**6, 99, steps) == 1e-3 * 1e-6
 
 
 def test_weight_decay_groups_exclude_biases_norms_and_tokens():
     import models
 
     m = models.create_model("vit_micro_patch8", "full", num_classes=3, img_size=32)
-    decay, no_decay = T.param_groups(m, 0.1, "matrices")
+    decay, no_decay = L.param_groups(m, 0.1, "matrices")
     names = {id(p): n for n, p in m.named_parameters()}
     assert all(p.ndim > 1 for p in decay["params"])
     excluded = {names[id(p)] for p in no_decay["params"]}
     assert {"cls_token", "pos_embed", "head.bias", "norm.weight", "blocks.0.attn.q.bias"} <= excluded
-    assert len(T.param_groups(m, 0.1, "all")) == 1
+    assert len(L.param_groups(m, 0.1, "all")) == 1
 
 
 def test_no_decay_exempts_named_parameters_in_any_scope(tmp_path):
@@ -351,21 +340,21 @@ def test_no_decay_exempts_named_parameters_in_any_scope(tmp_path):
     m = models.create_model("vit_micro_patch8", "hta", num_classes=3, img_size=32)
     names = {id(p): n for n, p in m.named_parameters()}
     for scope in ("all", "matrices"):
-        groups = T.param_groups(m, 0.1, scope, ("v_left", "v_right", "d"))
+        groups = L.param_groups(m, 0.1, scope, ("v_left", "v_right", "d"))
         decay = {names[id(p)].rsplit(".", 1)[-1] for p in groups[0]["params"]}
         exempt = {names[id(p)].rsplit(".", 1)[-1] for p in groups[1]["params"]}
         assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
         assert {"v_left", "v_right", "d"} <= exempt and {"v_left", "v_right", "d"}.isdisjoint(decay)
         assert {"down", "up"} <= decay and ("bias" in decay) == (scope == "all")  # the rest as the scope says
-    assert len(T.param_groups(m, 0.1, "all")[0]["params"]) == sum(p.requires_grad for p in m.parameters())
+    assert len(L.param_groups(m, 0.1, "all")[0]["params"]) == sum(p.requires_grad for p in m.parameters())
     cfg = tmp_path / "c.yaml"
     cfg.write_text("no_decay: [v_left, v_right, d]\n")
-    parse = T.build_parser().parse_args
-    assert T.resolve_config(parse(["--config", str(cfg)]))["no_decay"] == ("v_left", "v_right", "d")
-    assert T.resolve_config(T.build_parser().parse_args(["--no-decay", "v_left,d"]))["no_decay"] == ("v_left", "d")
+    parse = C.build_parser().parse_args
+    assert C.build(parse(["--config", str(cfg)])).no_decay == ("v_left", "v_right", "d")
+    assert C.build(C.build_parser().parse_args(["--no-decay", "v_left,d"])).no_decay == ("v_left", "d")
     cfg.write_text("no_decay: 3\n")
-    with pytest.raises(T.RunError, match="no_decay must be a list of parameter names"):
-        T.resolve_config(T.build_parser().parse_args(["--config", str(cfg)]))
+    with pytest.raises(RunError, match="no_decay must be a list of parameter names"):
+        C.build(C.build_parser().parse_args(["--config", str(cfg)]))
 
 
 def test_no_arguments_trains_hta_on_the_demo_from_a_clean_checkout(tmp_path):

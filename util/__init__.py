@@ -1,0 +1,2 @@
+"""Helpers below every other package (``models``, ``data``, ``engine``, ``reproduce`` all use them): plain Python,
+no torch, so that ``reproduce/verify.py`` can run where only a ``results.json`` is."""
