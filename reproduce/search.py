@@ -50,6 +50,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce import taskcfg  # noqa: E402
+from util.files import write_text_atomic  # noqa: E402
 
 __all__ = ["trial_name", "grid_points", "val_score", "choose", "rewrite_config", "main"]
 
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen[task] = c
         text = write.read_text() if write.exists() else cfg_path.read_text()
         # atomic: an interrupted search never truncates the config
-        taskcfg.write_text_atomic(write, rewrite_config(text, {task: c}, provenance))
+        write_text_atomic(write, rewrite_config(text, {task: c}, provenance))
         print(f"   wrote {task} into {write}", flush=True)
     if not args.dry_run:
         print(f"done: {len(chosen)}/{len(tasks)} task(s) searched; retrain and report with the sweep, CONFIG={write} "

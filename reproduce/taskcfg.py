@@ -35,10 +35,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce import tasks as K  # noqa: E402
+from util.files import write_text_atomic  # noqa: E402
 
 __all__ = ["TOP_LEVEL", "REQUIRED", "SELECTIONS", "SWEEP_KNOBS", "ConfigError", "load", "resolve", "select",
-           "canonical", "validate", "undocumented", "searched_tasks", "dump", "write_task_config", "write_text_atomic",
-           "main"]
+           "canonical", "validate", "undocumented", "searched_tasks", "dump", "write_task_config", "main"]
 
 TOP_LEVEL = {"benchmark", "selection", "reference", "defaults", "tasks", "search"}
 REQUIRED = ("method", "method_args", "lr", "weight_decay", "batch_size", "epochs")  # per resolved task
@@ -217,17 +217,6 @@ def write_task_config(spec: dict, task: str, out: str | Path, source: str = "", 
             + "\n# the sources of the values are the comments in that config\n")
     write_text_atomic(out, head + dump(cfg))
     return cfg
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder renamed over it: an interrupted or
-    failed write leaves the old file (or none), never a half-written one, and no temporary file behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from reproduce import tables as T  # noqa: E402
 from reproduce import tasks as K  # noqa: E402
+from util.files import write_text_atomic  # noqa: E402
 
 __all__ = ["backbone_id", "load_runs", "TaskResult", "collect", "Row", "Report", "build_report", "render_text",
            "render_markdown", "clean_note", "main", "ROUNDING"]
@@ -485,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(render_text(report))
     if args.markdown:
         try:
-            taskcfg.write_text_atomic(Path(args.markdown), render_markdown(report))
+            write_text_atomic(Path(args.markdown), render_markdown(report))
         except OSError as e:
             print(f"error: --markdown {args.markdown}: cannot write ({e.strerror or e}); pass a path in a writable "
                   "folder", file=sys.stderr)

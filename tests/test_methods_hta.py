@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import models
+from fastpath import ARCH, DEVICES, FP64_TOL, fast_vs_reference, rel_err
 from models.methods.hta import HTA, HTAAdapter, HTALinear, hta_branch_reference, householder
 
 
@@ -438,3 +439,88 @@ def test_compiled_training_step_equals_eager(kw):
         for a, b in zip(run(compiled), eager):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(layer._factors is None and layer._weight is None for layer in m.modules() if isinstance(layer, HTALinear))
+
+
+# ------------------------------------------------ the batched prelude on each device (fp64 verdicts, tests/fastpath.py)
+def _perturbed_hta(device, **kw):
+    """HTA on the device's checking ViT (tests/fastpath.py ARCH) with non-zero d, up and head, in training mode."""
+    arch, size = ARCH[device]
+    torch.manual_seed(0)
+    model = models.create_model(arch, "hta", num_classes=10, img_size=size, **kw).to(device).train()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith((".d", ".up")) or n.startswith("head."):
+                p.normal_(0, 0.2)
+    return model, torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+@torch.no_grad()
+def _handover_rel_err(model) -> float:
+    """Max relative error between what ``model.prelude`` hands each HTA layer (factors, ΔW or W + ΔW) and what that
+    layer builds on its own; the slots are emptied again."""
+    from models.methods.base import take_handover
+    from models.methods.hta import hta_delta_weight, hta_factors
+
+    model.prelude()
+    errs = []
+    for layer in model.modules():
+        if isinstance(layer, HTALinear):
+            w, factors = take_handover(layer, "_weight"), take_handover(layer, "_factors")
+            if factors is not None:
+                errs += map(rel_err, factors, hta_factors(layer))
+            else:  # W + ΔW ("merged") or ΔW ("delta")
+                base = layer.base.weight if layer._prelude_form() == "merged" else None
+                errs.append(rel_err(w, hta_delta_weight(layer, base).to(w.dtype)))
+    return max(errs)
+
+
+PRELUDE_FORMS = {"factors": {"dropout": 0.1, "batch_weights": False}, "delta": {"dropout": 0.1, "batch_weights": True},
+                 "merged": {"batch_weights": True}}
+
+
+@pytest.mark.parametrize("form", PRELUDE_FORMS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_prelude_equals_per_layer_path_on_each_device_in_fp64(device, form):
+    # What the prelude hands each layer (the factors; the GEMM weight ΔW with dropout; W + ΔW without) is what the
+    # layer builds itself, and the whole model's output and every gradient agree with the prelude switched off.
+    model, x = _perturbed_hta(device, **PRELUDE_FORMS[form])
+    prelude = model.prelude
+    model.double()
+    assert _handover_rel_err(model) <= FP64_TOL
+    err = fast_vs_reference(model, x, lambda: setattr(model, "prelude", prelude),
+                            lambda: setattr(model, "prelude", None))
+    assert err <= FP64_TOL, err
+
+
+def test_fp64_verdict_passes_a_rearranged_sum_and_fails_a_real_difference(monkeypatch):
+    # Why the device checks decide in float64 (tests/fastpath.py): re-rounding every batched weight ((w*3)/3) moves
+    # the float32 comparison by more than 1e-7 but the float64 one by ~1e-15; a real 1e-7 change looks like rounding
+    # in float32 and stands out in float64.
+    from models.methods import hta
+
+    original = hta.hta_weights_many
+
+    def check(dtype):
+        model, x = _perturbed_hta("cpu", batch_weights=True)
+        prelude = model.prelude
+        return fast_vs_reference(model, x, lambda: setattr(model, "prelude", prelude),
+                                 lambda: setattr(model, "prelude", None), dtype)
+
+    monkeypatch.setattr(hta, "hta_weights_many", lambda mods, merged: [(w * 3) / 3 for w in original(mods, merged)])
+    rounding = check(torch.float32)
+    assert 0 < check(torch.float64) < 1e-12 and rounding > 1e-7
+    monkeypatch.setattr(hta, "hta_weights_many", lambda mods, merged: [w * (1 + 1e-7) for w in original(mods, merged)])
+    assert check(torch.float64) > 1e-7 > FP64_TOL
+    assert check(torch.float32) < 10 * rounding  # float32 alone could not tell them apart
+
+
+def test_handover_check_sees_a_wrong_batched_weight(monkeypatch):
+    # the per-layer comparison of what the prelude hands over (no network between to amplify rounding) is zero when
+    # the batch equals each layer's own build, and sees a 1 % error in one batch
+    from models.methods import hta
+
+    model, _ = _perturbed_hta("cpu", batch_weights=True)
+    assert _handover_rel_err(model) < 1e-6
+    original = hta.hta_weights_many
+    monkeypatch.setattr(hta, "hta_weights_many", lambda mods, merged: [w * 1.01 for w in original(mods, merged)])
+    assert _handover_rel_err(model) > 5e-3

@@ -10,6 +10,7 @@ from timm.layers import DropPath
 from torch import nn
 
 import models
+from fastpath import ARCH, DEVICES, FP64_TOL, fast_vs_reference, outputs_and_grads, rel_err
 from models.methods import snell
 from models.methods.snell import SNELLLinear, SNELLQKVBranch
 
@@ -288,13 +289,6 @@ def test_threshold_is_selected_once_per_step_even_with_checkpointing(regularised
     assert layer.A.grad is not None and layer.A.grad.abs().sum() > 0
 
 
-def _outputs_and_grads(model, x):
-    torch.manual_seed(7)  # same dropout and drop-path draws
-    out = model(x)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [out.detach(), *torch.autograd.grad(out.square().sum(), params)]
-
-
 @pytest.mark.parametrize("kw,train", [({}, True), ({"dropout": 0.0, "drop_path": 0.0}, True),
                                       ({"checkpoint": False}, True), ({"targets": ("q", "v", "fc2")}, True),
                                       ({}, False)])
@@ -309,7 +303,7 @@ def test_prelude_hands_each_layer_the_threshold_it_would_select_alone(kw, train)
     assert isinstance(m.prelude, snell.SNELLPrelude)
     assert sum(map(len, m.prelude.groups)) == len(layers)
     x = torch.randn(3, 3, 32, 32)
-    batched = _outputs_and_grads(m, x)
+    batched = outputs_and_grads(m, x)
     assert all(lin._threshold is None for lin in layers)  # each handed-over threshold was used once and dropped
     with torch.no_grad():
         m.prelude()
@@ -318,7 +312,7 @@ def test_prelude_hands_each_layer_the_threshold_it_would_select_alone(kw, train)
         for lin in layers:
             lin._threshold = None
     m.prelude, prelude = None, m.prelude
-    alone = _outputs_and_grads(m, x)
+    alone = outputs_and_grads(m, x)
     m.prelude = prelude
     for a, b in zip(batched, alone):
         assert torch.equal(a, b)
@@ -333,16 +327,16 @@ def test_prelude_selects_once_per_shape_batch_per_step(monkeypatch):
     torch.manual_seed(0)
     m = _micro().train()
     x = torch.randn(2, 3, 32, 32)
-    ref = _outputs_and_grads(m, x)
+    ref = outputs_and_grads(m, x)
     assert sorted(calls) == [(2, 64 * 256)] * 2 + [(8, 64 * 64)]
     calls.clear()
     m.prelude = None
-    _outputs_and_grads(m, x)
+    outputs_and_grads(m, x)
     assert sorted(calls) == sorted([(64 * 256,)] * 4 + [(64 * 64,)] * 2 + [(3, 64 * 64)] * 2)
     calls.clear()
     monkeypatch.setattr(snell.SNELLPrelude, "max_elements", 3 * 64 * 64)  # a new prelude batches 3 q/k/v/proj
     m.prelude = snell.SNELLPrelude([mod for mod in m.modules() if isinstance(mod, SNELLLinear)])
-    capped = _outputs_and_grads(m, x)
+    capped = outputs_and_grads(m, x)
     assert sorted(calls) == sorted([(1, 64 * 256)] * 4 + [(2, 64 * 64), (3, 64 * 64), (3, 64 * 64)])
     assert all(torch.equal(a, b) for a, b in zip(capped, ref))
     assert _micro(sparsity=0.0).prelude is None  # KLoRA selects nothing
@@ -424,10 +418,10 @@ def test_compiled_training_step_equals_eager(kw):
     m = _micro(**kw).train()
     _big_factors(m)
     x = torch.randn(3, 3, 32, 32)
-    eager = _outputs_and_grads(m, x)
+    eager = outputs_and_grads(m, x)
     compiled = torch.compile(m, backend="aot_eager")
     for _ in range(2):  # the second call runs the cached graph, with the prelude's slots emptied by the first
-        got = _outputs_and_grads(compiled, x)
+        got = outputs_and_grads(compiled, x)
         for a, b in zip(got, eager):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(lin._threshold is None for lin in m.modules() if isinstance(lin, SNELLLinear))
@@ -529,11 +523,11 @@ def test_batched_kernels_equal_each_layer_building_its_own(kw, train, autocast):
     _big_factors(m)
     x = torch.randn(3, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        batched = _outputs_and_grads(m, x)
+        batched = outputs_and_grads(m, x)
         layers = [mod for mod in m.modules() if isinstance(mod, SNELLLinear)]
         assert all(lin._weight is None and lin._kernel is None and lin._threshold is None for lin in layers)
         m.prelude.batch_weights = False
-        alone = _outputs_and_grads(m, x)
+        alone = outputs_and_grads(m, x)
     assert not batched[0].isnan().any()
     for a, b in zip(batched, alone):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -578,10 +572,10 @@ def test_batched_kernels_compile_to_the_same_training_step():
     m = _micro(batch_weights=True).train()
     _big_factors(m)
     x = torch.randn(3, 3, 32, 32)
-    eager = _outputs_and_grads(m, x)
+    eager = outputs_and_grads(m, x)
     compiled = torch.compile(m, backend="aot_eager")
     for _ in range(2):
-        for a, b in zip(_outputs_and_grads(compiled, x), eager):
+        for a, b in zip(outputs_and_grads(compiled, x), eager):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(lin._kernel is None for lin in m.modules() if isinstance(lin, SNELLLinear))
 
@@ -590,3 +584,74 @@ def test_batch_weights_must_be_a_boolean_or_null():
     with pytest.raises(ValueError, match="batch_weights must be true, false or null"):
         _micro(batch_weights="yes")
     assert _micro().prelude.batch_weights is None and _micro(batch_weights=False).prelude.batch_weights is False
+
+
+# ------------------------------------------------- the fast paths on each device (fp64 verdicts, tests/fastpath.py)
+def _device_snell(device, **kw):
+    """SNELL on the device's checking ViT (tests/fastpath.py ARCH), training mode, and an input batch."""
+    arch, size = ARCH[device]
+    torch.manual_seed(0)
+    model = models.create_model(arch, "snell", num_classes=10, img_size=size, **kw).to(device).train()
+    return model, torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_selection_strategy_equals_torch_quantile_on_each_device(device):
+    # |K| of the device arch's q/k/v shape (D x D), with SNELL's initial factors: the thresholds every strategy
+    # selects are torch.quantile's, bit for bit, on this device's kernels
+    model, _ = _device_snell(device)
+    lin = model.blocks[0].attn.q
+    stack = torch.stack([model.blocks[0].attn.q.A, model.blocks[0].attn.k.A, model.blocks[0].attn.v.A]).detach()
+    B = torch.stack([model.blocks[0].attn.q.B, model.blocks[0].attn.k.B, model.blocks[0].attn.v.B]).detach()
+    mag = snell.kernel(stack, B, lin.alpha).abs().flatten(-2)  # (3, D·D)
+    ref = torch.quantile(mag, 0.9, dim=-1)
+    for name in snell.SELECTORS:
+        assert torch.equal(snell.quantile_threshold(mag, 0.9, select=name), ref), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_kernels_and_checkpointing_equal_the_reference_paths_on_each_device_in_fp64(device):
+    # batch_weights: the prelude builds every kernel, one batch per shape, vs each layer its own; checkpointing on
+    # vs off (same dropout and drop-path draws). Output and every gradient, in float64.
+    model, x = _device_snell(device, batch_weights=True)
+    err = fast_vs_reference(model, x, lambda: setattr(model.prelude, "batch_weights", True),
+                            lambda: setattr(model.prelude, "batch_weights", False))
+    assert err <= FP64_TOL, err
+    ckpt = [m for m in model.modules() if hasattr(m, "checkpoint")]
+    err = fast_vs_reference(model, x, lambda: [setattr(m, "checkpoint", True) for m in ckpt],
+                            lambda: [setattr(m, "checkpoint", False) for m in ckpt])
+    assert err <= FP64_TOL, err
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_thresholds_equal_each_layers_own_on_each_device(device):
+    # the prelude's one selection per shape batch against each layer's own selection, float32 as trained
+    model, _ = _device_snell(device)
+    layers = [lin for group in model.prelude.groups for lin in group]
+    with torch.no_grad():
+        model.prelude()
+        errs = [rel_err(lin._threshold, snell.kernel_threshold(lin.A, lin.B, lin.alpha, lin.sparsity))
+                for lin in layers]
+    for lin in layers:
+        lin._threshold = None
+    assert max(errs) == 0.0 if device == "cpu" else max(errs) <= 1e-6, max(errs)
+
+
+def test_select_argument_picks_the_strategy_and_changes_nothing_else(monkeypatch):
+    # snell:select=... (bench.py rows) makes the prelude select by that strategy; all give the same step
+    used = []
+    for name, fn in list(snell.SELECTORS.items()):
+        monkeypatch.setitem(snell.SELECTORS, name, lambda a, ranks, _n=name, _f=fn: used.append(_n) or _f(a, ranks))
+    x = torch.randn(2, 3, 32, 32)
+    runs = {}
+    for name in ("kthvalue", "sort", "topk"):
+        torch.manual_seed(0)
+        m = _micro(select=name, dropout=0.0, drop_path=0.0).train()
+        _big_factors(m)
+        used.clear()
+        runs[name] = outputs_and_grads(m, x)
+        assert set(used) == {name} and m.method.config()["select"] == name
+    for name in ("kthvalue", "sort"):
+        assert all(torch.equal(a, b) for a, b in zip(runs[name], runs["topk"]))
+    with pytest.raises(ValueError, match="select must be one of kthvalue, sort, topk"):
+        _micro(select="median")

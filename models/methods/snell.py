@@ -16,7 +16,7 @@ Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version th
 
 * each threshold is selected once per step, outside autograd and outside the activation checkpoint (whose
   backward recomputation rebuilds K and the mask, not the selection): two order statistics by a radix-select top-k
-  (measured fastest on the CPU and on CUDA by ``bench.py --select``) with ``torch.quantile``'s own rank arithmetic
+  (measured fastest on the CPU and on CUDA, docs/PERFORMANCE.md; the ``select`` argument picks another) with ``torch.quantile``'s own rank arithmetic
   and interpolation (:func:`quantile_threshold`);
 * all thresholds of a forward are selected together, one batch per matrix shape (:class:`SNELLPrelude` at
   ``model.prelude``: 3 selections per step on ViT-B/16 instead of 48), bit-identical to each layer's own;
@@ -97,18 +97,16 @@ def _select_sort(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
 def _select_topk(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
     """The same values from a radix-select top-k: the n − r0 largest entries (r0 = the smallest rank) are, as a
     multiset, the sorted entries of ranks r0 … n−1, so the few wanted ranks are the smallest of those. Touches the
-    data a few times instead of sorting it; whether it beats the sort on a GPU is measured by ``bench.py --select``."""
+    data a few times instead of sorting it; bench rows ``snell:select=topk`` / ``snell:select=sort`` compare them on a device."""
     r0 = min(ranks)
     top = a.topk(a.shape[-1] - r0, dim=-1, largest=True, sorted=False).values      # (..., n − r0)
     low = top.topk(max(ranks) - r0 + 1, dim=-1, largest=False, sorted=True).values  # ascending
     return [low[..., r - r0] for r in ranks]
 
 
-# Order-statistic strategies by device type ("default" for the rest); bench.py --select times each on the device.
-# CPU (2 AMD EPYC cores, ViT-B/16 shapes, ms per training step, 2026-11-27): topk 377, kthvalue 1,191, sort 6,381.
-# CUDA (H200, ViT-B/16, ms per training step, 2026-11-27): batched as SNELLPrelude runs it, topk 1.7, sort 6.1,
-# kthvalue 78.7; one selection per layer: sort 8.2, topk 11.6, kthvalue 702.3. So top-k everywhere; the table stays
-# so that a device where another strategy measures faster gets it without touching the callers.
+# Order-statistic strategies by device type ("default" for the rest): top-k measured fastest on the CPU and on an
+# H200 (docs/PERFORMANCE.md, "SNELL threshold selection"); the table stays so that a device where another strategy
+# measures faster (bench.py --methods snell:select=sort,...) gets it without touching the callers.
 SELECTORS = {"kthvalue": _select_kthvalue, "sort": _select_sort, "topk": _select_topk}
 SELECT_BY_DEVICE = {"cuda": "topk", "default": "topk"}
 
@@ -147,15 +145,17 @@ def sparsify(k: torch.Tensor, sparsity: float, threshold: torch.Tensor | None = 
 
 
 @torch.no_grad()
-def kernel_threshold(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float) -> torch.Tensor | None:
+def kernel_threshold(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float,
+                     select: str | None = None) -> torch.Tensor | None:
     """The per-matrix threshold t of :func:`sparsify` for factors A, B (None when ``sparsity == 0``). Selected once
     per step OUTSIDE the activation checkpoint, so the backward recomputation rebuilds K and its mask (cheap,
-    element-wise) but not the order statistics (the expensive part, which it otherwise ran a second time)."""
+    element-wise) but not the order statistics (the expensive part, which it otherwise ran a second time).
+    ``select``: the strategy of :func:`quantile_threshold` (None: by device)."""
     if sparsity == 0:
         return None
     # kernel()'s arithmetic with the product in place (bit-identical; one (..., 2, n_in, n_out) buffer fewer)
     mag = torch.cdist(A, B).mul_(alpha).sum(-3).abs_()  # (..., n_in, n_out)
-    return quantile_threshold(mag.flatten(-2), sparsity)
+    return quantile_threshold(mag.flatten(-2), sparsity, select)
 
 
 def sparse_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float,
@@ -360,9 +360,10 @@ class SNELLPrelude(nn.Module):
     # all linears 4.67). CPU: per layer (2 AMD EPYC cores, batch 4: 3.2 s per step per layer vs 5.4 batched).
     WEIGHTS_BY_DEVICE = {"cuda": True, "default": False}
 
-    def __init__(self, layers, batch_weights: bool | None = None):
+    def __init__(self, layers, batch_weights: bool | None = None, select: str | None = None):
         super().__init__()
         self.batch_weights = batch_weights
+        self.select = select  # the threshold strategy (SELECTORS); None: SELECT_BY_DEVICE
         # ViT-B/16: 48 + 12 + 12 layers in 3 batches; ViT-H/14's 128 q/k/v/proj in 7. s = 0 (KLoRA) selects nothing.
         self.__dict__["groups"] = prelude_batches(  # references, not submodules
             [lin for lin in layers if lin.sparsity > 0],
@@ -373,7 +374,7 @@ class SNELLPrelude(nn.Module):
         for group in self.groups:
             A = torch.stack([lin.A for lin in group])  # (m, 2, n_in, r/2)
             B = torch.stack([lin.B for lin in group])  # (m, 2, n_out, r/2)
-            t = kernel_threshold(A.detach(), B.detach(), group[0].alpha, group[0].sparsity)  # (m,)
+            t = kernel_threshold(A.detach(), B.detach(), group[0].alpha, group[0].sparsity, self.select)  # (m,)
             batch_weights = self.batch_weights
             if batch_weights is None:
                 batch_weights = by_device(self.WEIGHTS_BY_DEVICE, group[0].A)
@@ -427,9 +428,15 @@ class SNELL(Method):
     # whether the prelude also builds every layer's kernel, one batch per shape (same function; a speed/memory
     # choice, docs/PERFORMANCE.md); None: by device, SNELLPrelude.WEIGHTS_BY_DEVICE
     batch_weights: bool | None = None
+    # how the prelude selects each step's thresholds (a key of SELECTORS: kthvalue, sort, topk; the same values,
+    # bit for bit, at different speeds); None: by device, SELECT_BY_DEVICE
+    select: str | None = None
 
     def __post_init__(self):
         self.targets = check_targets(self.targets)
+        if self.select is not None and self.select not in SELECTORS:
+            raise ValueError(f"snell: select must be one of {', '.join(SELECTORS)} or null (by device), got "
+                             f"{self.select!r}")
         check_int("snell", "rank", self.rank, minimum=2, note=" and even (two halves of r/2)")
         if self.rank % 2:
             raise ValueError(f"snell: rank must be an integer >= 2 and even (two halves of r/2), got {self.rank!r}")
@@ -448,7 +455,8 @@ class SNELL(Method):
             if any(lin is not None for lin in qkv):
                 blk.attn.qkv_branch = SNELLQKVBranch(*qkv, dropout=self.dropout, checkpoint=self.checkpoint)
         if self.sparsity > 0:
-            model.prelude = SNELLPrelude([lin for *_, lin in iter_linears(model, self.targets)], self.batch_weights)
+            model.prelude = SNELLPrelude([lin for *_, lin in iter_linears(model, self.targets)], self.batch_weights,
+                                         self.select)
 
     def merge(self, model: nn.Module) -> None:
         """W_eff = W₀ + Kˢᵀ per adapted linear, Kˢ computed exactly as in the eval forward (snell.md §6).
