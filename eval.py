@@ -98,7 +98,7 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
     else:
         if args.sparsity is None:
             raise RunError("--format snell needs --sparsity: the official init_thres, which a checkpoint does not "
-                             "store (per-task values: reproduce/configs/snell_*.yaml, snell.md §8.2-8.3)")
+                             "store (per-task values: reproduce/configs/snell_*.yaml, docs/methods/snell.md §8.2-8.3)")
         ours = convert.from_official_snell(sd, rank=args.rank, sparsity=args.sparsity)  # checks --rank too
         method = "snell"
     found = convert.model_args(ours)  # arch, num_classes, img_size, dim (ARC) / rank (SNELL)

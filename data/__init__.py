@@ -75,7 +75,7 @@ def load_split(dataset: str, root: str | Path | None, split: str, img_size: int 
     img_size: model input size.  VTAB/demo are stored resized to it (bicubic); FGVC is stored at
         ``round(256 * img_size / 224)`` and cropped by the Loader.
     strict_counts: VTAB -- train800/val200/train800val200 must have 800/200/1000 lines (test
-        size mismatches warn); FGVC -- the class count must match the spec and every split must
+        size mismatches warn); FGVC -- the class count must match data/tasks.py and every split must
         hold every class.  Set False for deliberately small trees.
     interpolation: resize filter (VTAB default ``bicubic`` as the papers; FGVC ``bilinear`` =
         torchvision ``Resize(256)``'s default).

@@ -1,5 +1,5 @@
 """FGVC (CUB-200-2011, NABirds, Oxford Flowers, Stanford Dogs, Stanford Cars) with VPT-style
-split files (benchmarks.md §3).
+split files (docs/benchmarks.md §3).
 
     <root>/{train,val,test}.json      each {"<relative image path>": <class id>, ...}
 
@@ -164,7 +164,7 @@ def fgvc_files(dataset: str, root: str | Path | None, split: str, *, strict_coun
 
 
 def _split_shas(ds_dir: Path) -> dict[str, str]:
-    """SHA-256 of the three split files (the provenance every run records, benchmarks.md §8)."""
+    """SHA-256 of the three split files (the provenance every run records, docs/benchmarks.md §8)."""
     return {f"{s}.json": files.sha256_file(ds_dir / f"{s}.json") for s in JSON_SPLITS}
 
 

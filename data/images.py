@@ -4,12 +4,12 @@ The cached path (:class:`data.Loader` on a split from ``data.fgvc``) crops from 
 each image, so its crops never reach the outer ends of the long side, and its RandomResizedCrop resamples a 256-px
 source bilinearly without antialiasing (data/fgvc.py, *Deviations*). :class:`ImageLoader` is the exact
 counterpart, for a run that must match the official pipelines (``train.py --fgvc-source images``): each image is
-opened with PIL and transformed by torchvision as the papers' code does (torchvision's defaults where a spec names
+opened with PIL and transformed by torchvision as the papers' code does (torchvision's defaults where a paper names
 them):
 
-* ``resize_crop`` (ARC, arc.md §7.2): ``Resize(R)`` (shorter side, R = 256 for 224 px) → ``RandomCrop(S)`` →
+* ``resize_crop`` (ARC, docs/methods/arc.md §7.2): ``Resize(R)`` (shorter side, R = 256 for 224 px) → ``RandomCrop(S)`` →
   ``RandomHorizontalFlip``;
-* ``rrc`` (HTA, hta.md §5.2; SNELL, snell.md §8.1): ``RandomResizedCrop(S, scale, ratio, interpolation)`` on the
+* ``rrc`` (HTA, docs/methods/hta.md §5.2; SNELL, docs/methods/snell.md §8.1): ``RandomResizedCrop(S, scale, ratio, interpolation)`` on the
   original image → ``RandomHorizontalFlip`` → ``ColorJitter(c, c, c)`` when ``color_jitter`` c > 0 (timm's order);
   SNELL's timm transform resamples bicubically (``Aug(interpolation="bicubic")``).
 

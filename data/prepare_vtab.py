@@ -5,12 +5,12 @@ Check (no TensorFlow needed)::
     python -m data.prepare_vtab --check /data/vtab-1k            # all 19 tasks
     python -m data.prepare_vtab --check /data/vtab-1k --tasks cifar dtd --quick
 
-per task: line counts 800 / 200 / 1000 / spec test size, labels in [0, C), every image exists
+per task: line counts 800 / 200 / 1000 / the task's test size, labels in [0, C), every image exists
 and decodes (``--quick``: exists only), train800val200 covers all C classes (a warning: some
 tasks may legitimately miss a class in 1,000 images), train800val200 == train800 + val200 by
 pixel hash (multiset of SHA-256 of decoded pixels), and split files against ``manifest.json``
 when present.  A task folder that passes the full check and has no ``manifest.json`` gets one (counts and
-SHA-256 per split file, benchmarks.md §2; ``--no-manifest`` to leave the tree untouched).  Prints a per-task
+SHA-256 per split file, docs/benchmarks.md §2; ``--no-manifest`` to leave the tree untouched).  Prints a per-task
 table; exit status 1 when any check fails, 2 on unusable input.
 
 Convert (one-off, optional environment with ``tensorflow-datasets`` + ``tensorflow``; the
@@ -86,7 +86,7 @@ def write_noah_task(root: str | os.PathLike, task: str, train800: Iterable[tuple
     Each split is an iterable of ``(uint8 image (H, W[, C]), label)`` pairs -- ``zip(images,
     labels)`` for arrays, a generator for streams (dSprites' test split has 73,728 images).  train800val200 is written as the
     concatenation train800 + val200 (files duplicated under ``images/train800val200/`` exactly
-    as NOAH does).  Labels are range-checked against the spec class count.  Split files and
+    as NOAH does).  Labels are range-checked against the class count of data/tasks.py.  Split files and
     the manifest are written atomically, last.
     """
     bench, canonical = resolve_task(task)
@@ -134,7 +134,7 @@ def write_noah_task(root: str | os.PathLike, task: str, train800: Iterable[tuple
         for s, want in (*VTAB_SPLIT_SIZES.items(), ("test", VTAB_TEST_SIZES[canonical])):
             if len(lines[s]) != want:
                 raise DataError(f"{canonical}/{s}: got {len(lines[s])} examples, VTAB-1k needs {want} (a TFDS "
-                                f"version other than the spec's? benchmarks.md §2)")
+                                f"version other than the one docs/benchmarks.md names? docs/benchmarks.md §2)")
     manifest: dict[str, Any] = {"task": canonical, "format": fmt, "jpeg_quality": quality if fmt == "jpg" else None,
                                 "num_classes": C, "created_by": "data.prepare_vtab", "source": source or {},
                                 "splits": {}}
@@ -175,7 +175,7 @@ def _pixel_hash(path: Path) -> str:
 
 def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decode: bool = True,
                write_manifest: bool = True) -> TaskReport:
-    """The checks of benchmarks.md §2 on one task folder. A folder that passes them in full (``decode``) and has no
+    """The checks of docs/benchmarks.md §2 on one task folder. A folder that passes them in full (``decode``) and has no
     ``manifest.json`` gets one (counts and SHA-256 per split file, format), so later runs and checks can tell
     whether its split files changed."""
     from .split import image_format
@@ -259,7 +259,7 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
                 rep.format = f"{m['format']}" + (f" q{m['jpeg_quality']}" if m.get("jpeg_quality") else "")
         except (OSError, json.JSONDecodeError) as e:
             rep.errors.append(f"unreadable manifest.json: {e}")
-    elif write_manifest and decode and rep.ok:  # benchmarks.md §2: the verified tree gets its manifest
+    elif write_manifest and decode and rep.ok:  # docs/benchmarks.md §2: the verified tree gets its manifest
         m = {"task": canonical, "format": rep.format, "jpeg_quality": None, "num_classes": C,
              "created_by": "data.prepare_vtab --check (an existing tree, verified)",
              "splits": {s: {"n": rep.counts[s], "sha256": files.sha256_file(task_dir / f"{s}.txt")} for s in parsed}}

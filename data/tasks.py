@@ -1,7 +1,7 @@
-"""Task names: canonical ids, groups, class counts, split sizes, aliases (benchmarks.md §1, §3).
+"""Task names: canonical ids, groups, class counts, split sizes, aliases (docs/benchmarks.md §1, §3).
 
 Canonical VTAB ids are the NOAH folder names (BENCH-1).  :func:`resolve_task` accepts every
-alias of the spec table, case-insensitively and ignoring punctuation (``CIFAR-100`` ==
+alias of the docs/benchmarks.md §1 table, case-insensitively and ignoring punctuation (``CIFAR-100`` ==
 ``cifar100`` == ``cifar_100``), plus TFDS / task_adaptation style names
 (``svhn_cropped``, ``clevr(task="count_all")``, ``dsprites(predicted_attribute="label_x_position",
 num_classes=16)`` ...).  An unknown name raises :class:`DataError` listing the valid ids and the
@@ -15,7 +15,7 @@ import re
 from .errors import DataError
 
 # ---------------------------------------------------------------------------------------------
-# VTAB-1k (benchmarks.md §1).  Order = the spec table order (natural, specialized, structured).
+# VTAB-1k (docs/benchmarks.md §1).  Order = the papers' table order (natural, specialized, structured).
 # ---------------------------------------------------------------------------------------------
 _VTAB_TABLE = [
     # id, group, classes, test size
@@ -82,7 +82,7 @@ _VTAB_ALIASES: dict[str, list[str]] = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# FGVC (benchmarks.md §3)
+# FGVC (docs/benchmarks.md §3)
 # ---------------------------------------------------------------------------------------------
 _FGVC_TABLE = [
     # id, classes, (train, val, test) of VPT's split, image-root subfolder candidates
@@ -122,7 +122,7 @@ _DEMO_ALIASES: dict[str, list[str]] = {
 NUM_CLASSES: dict[str, int] = {**VTAB_NUM_CLASSES, **FGVC_NUM_CLASSES, **DEMO_NUM_CLASSES}
 
 # ---------------------------------------------------------------------------------------------
-# Protocols (benchmarks.md §6): (benchmark, protocol) -> (training split, selection split or None).
+# Protocols (docs/benchmarks.md §6): (benchmark, protocol) -> (training split, selection split or None).
 # The paper protocol trains on train+val and reads the test split; the clean protocol's selection run
 # trains on train only and scores the held-out val split. Demo tasks use the VTAB layout.
 # ---------------------------------------------------------------------------------------------

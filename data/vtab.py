@@ -1,4 +1,4 @@
-"""VTAB-1k in the NOAH layout (benchmarks.md §2).
+"""VTAB-1k in the NOAH layout (docs/benchmarks.md §2).
 
     <root>/<task>/{train800,val200,train800val200,test}.txt     lines: "<relative path> <label>"
     <root>/<task>/images/<split>/NNNNNN.jpg                     (paths relative to <root>/<task>/)
@@ -123,7 +123,7 @@ def check_counts(task: str, split: str, n: int, path: Path, strict: bool) -> Non
                             f"data.prepare_vtab --check {path.parent.parent} --tasks {task}` and re-convert or "
                             f"re-extract the task (`python -m data.prepare_vtab --task {task} --out <root>`)")
     elif split == "test" and task in VTAB_TEST_SIZES and n != VTAB_TEST_SIZES[task]:
-        msg = f"{path} has {n} lines; the spec test size of {task!r} is {VTAB_TEST_SIZES[task]}"
+        msg = f"{path} has {n} lines; the VTAB-1k test size of {task!r} is {VTAB_TEST_SIZES[task]}"
         if strict:
             warnings.warn(msg + " (check the TFDS version the tree was converted from)")
 

@@ -1,4 +1,4 @@
-"""Pre-trained backbone weights into our ViT (benchmarks.md §5 "Pretrained weights").
+"""Pre-trained backbone weights into our ViT (docs/benchmarks.md §5 "Pretrained weights").
 
     info = load_pretrained(model, "vit_base_patch16_224.orig_in21k", arch="vit_base_patch16_224")
     info = load_pretrained(model, "weights/ViT-B_16.npz", arch="vit_base_patch16_224")
@@ -54,7 +54,7 @@ _SAFETENSORS = (".safetensors",)
 _TORCH = (".pth", ".pt", ".bin")
 _HEAD_PREFIXES = ("head.", "pre_logits.")  # the pre-trained classifier (and ViT-B_16.npz's pre-logits): always dropped
 
-# Google's files (benchmarks.md §5) -> (download URL, equivalent timm name), for the missing-file message.
+# Google's files (docs/benchmarks.md §5) -> (download URL, equivalent timm name), for the missing-file message.
 _GOOGLE_FILES = {
     "vit-b_16.npz": ("https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz",
                      "vit_base_patch16_224.orig_in21k"),
@@ -66,7 +66,7 @@ _GOOGLE_FILES = {
         "https://storage.googleapis.com/vit_models/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz",
         "vit_base_patch16_224.augreg_in21k"),
 }
-# The paper backbone of each arch (benchmarks.md §5), suggested when a file is missing.
+# The paper backbone of each arch (docs/benchmarks.md §5), suggested when a file is missing.
 _DEFAULT_TIMM_NAME = {
     "vit_tiny_patch16_224": "vit_tiny_patch16_224.augreg_in21k",
     "vit_small_patch16_224": "vit_small_patch16_224.augreg_in21k",
@@ -104,7 +104,7 @@ def _check_arch(arch: str, model: VisionTransformer, width: int, depth: int, pat
 def resolve_timm_name(name: str) -> str:
     """Validate a timm pretrained name and return it in full (``arch.tag``; a bare arch gets timm's default tag).
 
-    Raises ``ValueError`` for a bare ``*_in21k`` name (benchmarks.md §5: ambiguous between Google's original IN-21k
+    Raises ``ValueError`` for a bare ``*_in21k`` name (docs/benchmarks.md §5: ambiguous between Google's original IN-21k
     file and AugReg), an unknown architecture or an unknown pretrained tag.
     """
     import timm
@@ -120,7 +120,7 @@ def resolve_timm_name(name: str) -> str:
         raise ValueError(
             f"pretrained name {name!r} is ambiguous: '*_in21k' without 'orig' or 'augreg' has meant different weights "
             f"across timm versions (timm <= 0.6 resolved vit_base_patch16_224_in21k to the AugReg file, not Google's "
-            f"ViT-B_16.npz). Name the weights explicitly: {choices} (benchmarks.md §5)")
+            f"ViT-B_16.npz). Name the weights explicitly: {choices} (docs/benchmarks.md §5)")
     if not timm.is_model(arch_name):
         import difflib
 
@@ -195,7 +195,7 @@ def _load_timm(model: VisionTransformer, name: str, arch: str) -> dict:
 # ------------------------------------------------------------------------------------------------------ Google npz
 def read_npz(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int, list[str]]:
     """A Google ViT ``.npz`` as a timm-keyed state dict (no head), its number of heads, and the npz keys dropped on
-    purpose (``pre_logits/*``, ``head/*``: the pre-logits layer and the 21,843-way classifier, benchmarks.md §5).
+    purpose (``pre_logits/*``, ``head/*``: the pre-logits layer and the 21,843-way classifier, docs/benchmarks.md §5).
 
     The timm ViT is sized from the file (width, depth, heads, MLP width, patch, position grid) and filled by timm's
     ``_load_weights``; it is built on the meta device and filled with NaN first, so a tensor the file did not cover
@@ -359,7 +359,7 @@ def load_state_dict_into(model: VisionTransformer, state_dict: dict[str, torch.T
 
 def sha256_tensors(names, state_dict: dict[str, torch.Tensor]) -> str:
     """Hex SHA-256 of the named tensors as loaded (names, dtypes, shapes and bytes, in sorted name order): the
-    backbone's identity whatever file it came from, also when timm leaves no weight file to hash (benchmarks.md §5)."""
+    backbone's identity whatever file it came from, also when timm leaves no weight file to hash (docs/benchmarks.md §5)."""
     h = hashlib.sha256()
     for k in sorted(names):
         t = state_dict[k].detach().cpu().contiguous()
@@ -379,7 +379,7 @@ def _missing_file_message(path: str, arch: str) -> str:
         fix = f"check the path, or pass a timm name such as {_DEFAULT_TIMM_NAME[arch]}"
     else:
         fix = "check the path"
-    return f"pretrained weight file {path} does not exist: {fix} (benchmarks.md §5)"
+    return f"pretrained weight file {path} does not exist: {fix} (docs/benchmarks.md §5)"
 
 
 def load_pretrained(model: VisionTransformer, source: str, arch: str) -> dict:

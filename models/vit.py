@@ -5,7 +5,7 @@ token is prepended, final LayerNorm, linear head on the cls token, exact-GELU ML
 pre-logits), with two deliberate differences:
 
 * ``q``, ``k``, ``v`` and ``proj`` are **separate** ``nn.Linear`` layers, so per-projection adapters (HTA, SNELL, LoRA
-  on q/v) are ordinary module replacements (specs: README "Conventions", arc.md §1, snell.md §1);
+  on q/v) are ordinary module replacements (docs/methods/README.md "Conventions", docs/methods/arc.md §1, docs/methods/snell.md §1);
 * explicit **hook points** that methods fill in. Every hook is ``nn.Identity`` (or ``None`` for optional additive
   branches) until a method installs something, so an unadapted model computes exactly the timm ViT.
 

@@ -1,5 +1,5 @@
 """Before a sweep starts: is the data there, are the weights obtainable? Each problem is one message that says how to
-fix it (specs: benchmarks.md §2, §3, §5, §8). Exit status 1 when something is missing.
+fix it (docs/benchmarks.md §2, §3, §5, §8). Exit status 1 when something is missing.
 
     python -m reproduce.preflight --benchmark vtab --root data/vtab-1k --weights vit_base_patch16_224.orig_in21k \\
         --tasks cifar dtd
@@ -22,14 +22,14 @@ from data.tasks import PROTOCOLS, split_files  # noqa: E402  (plain Python: no t
 
 __all__ = ["check_data", "check_weights", "main"]
 
-HOW_VTAB = ("VTAB-1k is not there. Build it once with the converter (TensorFlow only there, benchmarks.md §8): "
+HOW_VTAB = ("VTAB-1k is not there. Build it once with the converter (TensorFlow only there, docs/benchmarks.md §8): "
             "`python -m data.prepare_vtab --task <task> --out <root>` (see data/prepare_vtab.py --help; writes the "
             "NOAH layout <root>/<task>/{train800,val200,train800val200,test}.txt + images/), or unpack a NOAH-format "
             "copy; check a tree with `python -m data.prepare_vtab --check <root>`; then set VTAB_ROOT=<root>.")
 HOW_FGVC = ("FGVC is not there. Download the five datasets (CUB-200-2011, NABirds, Oxford Flowers, Stanford Dogs, "
             "Stanford Cars) and their VPT split JSONs (train/val/test.json; a public mirror is the HF dataset "
             "XiN0919/FGVC), or regenerate the splits with `python -m data.fgvc_splits <dataset> <root>/<dataset>` "
-            "(data/fgvc_splits.py; a regenerated split is not VPT's split, benchmarks.md §8); then set "
+            "(data/fgvc_splits.py; a regenerated split is not VPT's split, docs/benchmarks.md §8); then set "
             "FGVC_ROOT=<root>.")
 _AMBIGUOUS = re.compile(r"_in21k$")
 
@@ -79,10 +79,10 @@ def check_weights(weights: str) -> tuple[list[str], list[str]]:
             return [], []
         return [f"weights file {weights} does not exist. The original ImageNet-21k ViT-B/16 is "
                 "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz (ViT-L_16.npz for ViT-L); or "
-                "use the timm name vit_base_patch16_224.orig_in21k (benchmarks.md §5)"], []
+                "use the timm name vit_base_patch16_224.orig_in21k (docs/benchmarks.md §5)"], []
     if _AMBIGUOUS.search(weights) and "orig" not in weights and "augreg" not in weights:
         return [f"WEIGHTS={weights} is ambiguous (under old timm it is AugReg, not ViT-B_16.npz): name "
-                f"{weights[:-len('_in21k')]}.orig_in21k or ...augreg_in21k (benchmarks.md §5)"], []
+                f"{weights[:-len('_in21k')]}.orig_in21k or ...augreg_in21k (docs/benchmarks.md §5)"], []
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:

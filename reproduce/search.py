@@ -1,5 +1,5 @@
-"""Hyper-parameter search for HTA, whose paper publishes only its grid (specs: hta.md §5.1–5.2, benchmarks.md §6.2),
-and for ARC on ViT VTAB, which released no per-task values (arc.md §7.4: lr × wd × adapter dropout).
+"""Hyper-parameter search for HTA, whose paper publishes only its grid (docs/methods/hta.md §5.1–5.2, docs/benchmarks.md §6.2),
+and for ARC on ViT VTAB, which released no per-task values (docs/methods/arc.md §7.4: lr × wd × adapter dropout).
 
     python reproduce/search.py --config reproduce/configs/hta_vtab.yaml --tasks cifar dtd     # reduced staged grid
     python reproduce/search.py --config reproduce/configs/hta_fgvc.yaml --full                 # the paper's 525 points
@@ -10,9 +10,9 @@ val.json) with the **last-epoch** validation top-1 (``acc_val_last``) — the te
 Ties go to the smaller lr (as VPT's ``tune_vtab.py``), then to the earlier grid point. The grids are the config's
 ``search:`` block:
 
-* default (reduced, hta.md §5.2 "staged"): ``stage1`` (lr × wd at batch 32, dropout 0.1), then ``stage2`` (batch ×
+* default (reduced, docs/methods/hta.md §5.2 "staged"): ``stage1`` (lr × wd at batch 32, dropout 0.1), then ``stage2`` (batch ×
   dropout at the stage-1 lr and wd);
-* ``--full``: the cartesian product of ``full`` (hta.md §5.1: 7 lr × 5 wd × 3 batch × 5 dropout = 525 runs per task;
+* ``--full``: the cartesian product of ``full`` (docs/methods/hta.md §5.1: 7 lr × 5 wd × 3 batch × 5 dropout = 525 runs per task;
   ``arc_vtab.yaml``: 5 lr × 5 wd × 3 dropout = 75, its stages 25 + 2).
 
 Grid keys that are train.py options (lr, weight_decay, batch_size) are set directly; the others (dropout) are method
@@ -81,7 +81,7 @@ def apply_point(base: dict, point: dict) -> dict:
 
 
 def val_score(result: dict) -> float:
-    """Last-epoch validation top-1 of a ``protocol: clean`` run (benchmarks.md §6.2 step 1): ``acc_val_last``, or the
+    """Last-epoch validation top-1 of a ``protocol: clean`` run (docs/benchmarks.md §6.2 step 1): ``acc_val_last``, or the
     last epoch's ``val_acc`` in the history of a results.json written before that field existed."""
     if result.get("acc_val_last") is not None:
         return float(result["acc_val_last"])
@@ -121,7 +121,7 @@ STATUS = "# status (reproduce/search.py):"  # the header line rewritten on every
 
 def _selection_lines(tasks: list[str], searched: list[str]) -> tuple[str, str]:
     """The ``selection:`` line and the header status line for a config whose ``searched`` tasks (of ``tasks``) hold
-    values selected on val (benchmarks.md §6.2): ``val`` only when every task does, else ``partial``."""
+    values selected on val (docs/benchmarks.md §6.2): ``val`` only when every task does, else ``partial``."""
     if set(tasks) <= set(searched):
         return ("selection: val   # every task's values searched by reproduce/search.py (see 'search:' and the task "
                 "comments)", f"{STATUS} every task ({len(tasks)}) selected on val; the text above describes the "
@@ -134,7 +134,7 @@ def _selection_lines(tasks: list[str], searched: list[str]) -> tuple[str, str]:
 def rewrite_config(text: str, chosen: dict[str, dict], provenance: str) -> str:
     """The config text with the ``tasks:`` entries of the searched tasks replaced, and ``selection:`` set to ``val``
     when every task of the config now has search-selected values, else to ``partial`` (taskcfg.SELECTIONS), so that
-    verify.py labels each task's clean column honestly (benchmarks.md §6.2); a header status line names the tasks.
+    verify.py labels each task's clean column honestly (docs/benchmarks.md §6.2); a header status line names the tasks.
 
     ``chosen``: task → {"point": grid point, "score": val top-1, "n": trials}. Other tasks keep their lines. The
     ``tasks:`` block must be the last top-level block of the file (as in every committed config).
@@ -270,7 +270,7 @@ def search_task(runner: Runner, task: str, out: Path, full: bool) -> dict | None
             "method_keys": [k for k in point if k not in base or k == "method_args"]}
 
 
-BACKBONES = {  # paper-table backbone id (benchmarks.md §5) -> (arch, timm weights)
+BACKBONES = {  # paper-table backbone id (docs/benchmarks.md §5) -> (arch, timm weights)
     "vit_b16_in21k": ("vit_base_patch16_224", "vit_base_patch16_224.orig_in21k"),
     "vit_b16_augreg_in21k": ("vit_base_patch16_224", "vit_base_patch16_224.augreg_in21k"),
     "vit_l16_in21k": ("vit_large_patch16_224", "vit_large_patch16_224.orig_in21k"),

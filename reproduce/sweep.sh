@@ -22,7 +22,7 @@
 #   SEED_LIST  explicit seeds instead, e.g. "42 43 44"
 #   PROTOCOL   paper (default): train800val200 (FGVC: train), test every eval epoch; verify.py prints the
 #              test-selected max and the last-epoch test top-1, which is the clean protocol's reported number
-#              (benchmarks.md §6.2 steps 2-3) when CONFIG holds values selected on val200 (search.py: selection: val)
+#              (docs/benchmarks.md §6.2 steps 2-3) when CONFIG holds values selected on val200 (search.py: selection: val)
 #              | clean: the selection runs of §6.2 step 1 (train800 -> val200, FGVC train -> val): val top-1 at the
 #              last epoch (acc_val_last; test read at the last epoch only); no epoch is selected, no test number
 #              of these runs is the clean report

@@ -1,4 +1,4 @@
-"""The published tables in ``reproduce/paper_tables/*.csv`` (specs: paper_tables/README.md).
+"""The published tables in ``reproduce/paper_tables/*.csv`` (paper_tables/README.md).
 
 Every CSV has the header ``paper,table,backbone,method,task,value``. A *row* of a published table is the set of CSV
 lines sharing (paper, table, backbone, method); ``load()`` returns them as ``PaperRow`` objects keyed that way, so

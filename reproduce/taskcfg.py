@@ -8,7 +8,7 @@ A sweep config is a YAML mapping with
   ``reproduce/search.py`` runs), ``val`` (every task's values selected on val200 / val.json by
   ``reproduce/search.py``) or ``partial`` (search.py has run for some tasks only: the tasks whose lines carry a
   ``# source: reproduce/search.py`` comment, see ``searched_tasks()``, are val-selected, the others keep their
-  defaults or paper values; benchmarks.md §6.2);
+  defaults or paper values; docs/benchmarks.md §6.2);
 * ``reference``: backbone id → list of ``{paper, table, method}`` rows of ``paper_tables/`` to compare with
   (``verify.py``);
 * ``defaults``: ``train.py`` options (underscored names, as in ``train.py --config``) shared by every task;
@@ -132,7 +132,7 @@ def validate(spec: dict, check_options: bool = False) -> list[str]:
 def searched_tasks(text: str) -> list[str]:
     """The tasks of a config's text whose entry was written by ``reproduce/search.py`` (a ``# source:
     reproduce/search.py`` comment on one of its lines): their values were selected on val200 / val.json
-    (benchmarks.md §6.2). This comment is the per-task record behind ``selection: val`` / ``partial``, which
+    (docs/benchmarks.md §6.2). This comment is the per-task record behind ``selection: val`` / ``partial``, which
     ``search.py`` sets and ``verify.py`` reports per task."""
     found, in_tasks, current = [], False, None
     for line in text.splitlines():

@@ -1,4 +1,4 @@
-"""Compare a sweep's ``results.json`` files with the published tables (specs: benchmarks.md §6–7,
+"""Compare a sweep's ``results.json`` files with the published tables (docs/benchmarks.md §6–7,
 paper_tables/README.md "Consumer rules").
 
     python reproduce/verify.py runs/reproduce/hta_vtab                      # config inferred from the folder name
@@ -66,16 +66,16 @@ CLEAN_NOTES = {  # what the clean (last-epoch) column means, by the config's `se
     "default": "Clean column: last-epoch test top-1 with project defaults (the paper released no per-task values and "
                "reproduce/search.py has not been run): nothing was selected on the test set.",
     "val": "Clean column: last-epoch test top-1 with hyper-parameters selected on val200 by reproduce/search.py "
-           "(benchmarks.md §6.2).",
+           "(docs/benchmarks.md §6.2).",
     "partial": "Clean column: last-epoch test top-1; hyper-parameters selected on val200 by reproduce/search.py "
-               "(benchmarks.md §6.2) only for {searched}; {rest} keep the config's other values (project defaults or "
+               "(docs/benchmarks.md §6.2) only for {searched}; {rest} keep the config's other values (project defaults or "
                "the papers' test-selected recipes, see the config's comments), so their clean numbers are not "
                "val-selected.",
 }
 
 
 def clean_note(selection: str, config_text: str, tasks: list[str]) -> str:
-    """The note on the clean column for the reported ``tasks`` (benchmarks.md §6.2). Under ``selection: partial`` (or
+    """The note on the clean column for the reported ``tasks`` (docs/benchmarks.md §6.2). Under ``selection: partial`` (or
     a ``val`` config that search.py left only partly searched) it names which tasks were val-selected, read from
     their ``# source: reproduce/search.py`` comments (taskcfg.searched_tasks); when all reported tasks were, the
     ``val`` note applies to the whole table."""
@@ -96,7 +96,7 @@ def clean_note(selection: str, config_text: str, tasks: list[str]) -> str:
 
 # --------------------------------------------------------------------------------------------------- reading runs
 def backbone_id(arch: str | None, source: str | None) -> str | None:
-    """The paper-table backbone id of a run (benchmarks.md §5), or None when it is none of the papers' backbones
+    """The paper-table backbone id of a run (docs/benchmarks.md §5), or None when it is none of the papers' backbones
     (random init, a test architecture, an unknown file)."""
     s = (source or "").lower()
     if not s or s == "none":

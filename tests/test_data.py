@@ -233,7 +233,7 @@ def test_strict_counts(tmp_path):
     # the fix it names is one a train.py / sweep user can apply: strict_counts is a Python argument only
     assert f"`python -m data.prepare_vtab --check {root} --tasks kitti`" in str(e.value)
     assert "strict_counts=False" not in str(e.value)
-    with pytest.warns(UserWarning, match="spec test size of 'kitti' is 711"):
+    with pytest.warns(UserWarning, match="VTAB-1k test size of 'kitti' is 711"):
         load_split("kitti", root, "test", img_size=12, cache_dir=tmp_path / "c")
     assert len(load_split("kitti", root, "train800", img_size=12, cache_dir=tmp_path / "c",
                           strict_counts=False)) == 8

@@ -239,7 +239,7 @@ def test_fgvc_bad_inputs(tmp_path):
         load_split("cub", d, "train", strict_counts=False, **kw)
     write_splits("cub", d, val_size=3)
     with pytest.raises(DataError, match="name 3 classes, 'cub' has 200"):
-        load_split("cub", d, "train", **kw)  # strict: class count checked against the spec
+        load_split("cub", d, "train", **kw)  # strict: class count checked against data/tasks.py
     # JSON pointing at a missing image
     key = sorted(_read(d, "test"))[1]
     (d / "images" / key).unlink()
@@ -274,7 +274,7 @@ def test_fgvc_bad_inputs(tmp_path):
 
 
 def test_results_record_a_regenerated_split_and_the_image_format(tmp_path):
-    # benchmarks.md §8: a regenerated FGVC split is not VPT's and must be labelled so in every result file, with
+    # docs/benchmarks.md §8: a regenerated FGVC split is not VPT's and must be labelled so in every result file, with
     # the image format; train.py's results.json takes both from the split (split_provenance)
     from engine.rundir import split_provenance
 

@@ -133,12 +133,12 @@ def test_tfds_split_definitions_follow_task_adaptation():
                                                             "val200": "train[63000:63200]", "test": "validation"}
     assert pv.tfds_split_strings("eurosat", 27_000) == {"train800": "train[:800]", "val200": "train[16200:16400]",
                                                         "test": "train[21600:]"}
-    # dSprites: 737,280 examples -> test = the last 10 % = 73,728 (the spec's test size)
+    # dSprites: 737,280 examples -> test = the last 10 % = 73,728 (the documented test size)
     d = pv.tfds_split_strings("dsprites_ori", 737_280)
     assert d["val200"] == "train[589824:590024]" and d["test"] == "train[663552:]"
     from data.tasks import VTAB_TEST_SIZES
 
-    assert 737_280 - 663_552 == VTAB_TEST_SIZES["dsprites_ori"]  # the split string gives the spec's test size
+    assert 737_280 - 663_552 == VTAB_TEST_SIZES["dsprites_ori"]  # the split string gives the documented test size
     assert pv.tfds_split_strings("resisc45", 31_500)["test"] == "train[25200:]"
     assert 31_500 - 25_200 == VTAB_TEST_SIZES["resisc45"]
     assert pv.tfds_split_strings("smallnorb_ele", 24_300) == {"train800": "train[:800]", "val200": "test[:200]",
@@ -201,7 +201,7 @@ def test_check_quick_reports_a_corrupt_image_and_folders_are_matched_to_their_ta
 
 
 def test_converter_checks_the_test_split_size_too(tmp_path):
-    # a TFDS version other than the spec's can change the test split: caught when writing, not at training time
+    # a TFDS version other than the documented one can change the test split: caught when writing, not at training time
     C = VTAB_NUM_CLASSES["dtd"]
     px = np.zeros((4, 4, 3), np.uint8)
     part = lambda n: [(px, i % C) for i in range(n)]  # noqa: E731
@@ -210,7 +210,7 @@ def test_converter_checks_the_test_split_size_too(tmp_path):
 
 
 def test_full_check_writes_the_manifest_of_a_verified_tree(tmp_path):
-    # benchmarks.md §2: the verify command writes a manifest (counts + SHA-256 per split file); later checks then
+    # docs/benchmarks.md §2: the verify command writes a manifest (counts + SHA-256 per split file); later checks then
     # see a split file that changed
     root = tmp_path / "vtab"
     d, _ = write(root, "dtd")

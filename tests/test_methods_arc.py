@@ -1,4 +1,4 @@
-"""ARC / ARC_att (spec: arc.md): counts, initialisation, sharing, identity at init, merge, training actually happens."""
+"""ARC / ARC_att (docs/methods/arc.md): counts, initialisation, sharing, identity at init, merge, training actually happens."""
 import copy
 import math
 
@@ -26,7 +26,7 @@ def _randomise(model, std=0.1):
 
 
 @pytest.mark.parametrize("arch,arc,arc_att", [
-    ("vit_base_patch16_224", 96_432, 48_216),  # arc.md §6 / §10
+    ("vit_base_patch16_224", 96_432, 48_216),  # docs/methods/arc.md §6 / §10
     ("vit_large_patch16_224", 153_952, 76_976),
     ("vit_huge_patch14_224", 213_120, 106_560),
 ])
@@ -42,7 +42,7 @@ def test_parameter_counts(arch, arc, arc_att):
 
 
 def test_vit_b_trainable_set_is_explicit():
-    # arc.md §4: U_att, U_mlp, every λ and b, head — and nothing of the backbone (cls, pos, LNs, linears).
+    # docs/methods/arc.md §4: U_att, U_mlp, every λ and b, head — and nothing of the backbone (cls, pos, LNs, linears).
     with torch.device("meta"):
         m = models.create_model("vit_base_patch16_224", "arc", num_classes=10)
     names = {n for n, p in m.named_parameters() if p.requires_grad}
@@ -56,7 +56,7 @@ def test_initialisation_table():
     torch.manual_seed(0)
     m = _micro("arc")  # D = 64, d = 50
     D, d = 64, 50
-    u_bound, lam_bound = math.sqrt(6 / (D + d)), math.sqrt(6 / (1 + d))  # arc.md §3
+    u_bound, lam_bound = math.sqrt(6 / (D + d)), math.sqrt(6 / (1 + d))  # docs/methods/arc.md §3
     for u in (m.arc.u_att, m.arc.u_mlp):
         assert u.shape == (D, d)
         assert u.abs().max() <= u_bound and u.abs().max() > 0.8 * u_bound
@@ -157,7 +157,7 @@ def test_recomposed_matrix_symmetric_and_merge_equals_float64_product():
 
 @pytest.mark.parametrize("method", ["arc", "arc_att"])
 def test_three_adamw_steps_train_every_trainable_tensor(method):
-    # arc.md §10 "Training actually happens" (guards against the official VTAB filter bug) and the §3 gradient
+    # docs/methods/arc.md §10 "Training actually happens" (guards against the official VTAB filter bug) and the §3 gradient
     # order: zero head -> step 1 moves only the head; U_att needs λ_att ≠ 0 -> it first moves at step 3.
     torch.manual_seed(0)
     m = _micro(method).train()

@@ -1,4 +1,4 @@
-"""Adapter (BASE-2), AdaptFormer, VPT shallow/deep and SSF (specs/baselines.md §5–8): exact ViT-B/16 counts, init,
+"""Adapter (BASE-2), AdaptFormer, VPT shallow/deep and SSF (docs/methods/baselines.md §5–8): exact ViT-B/16 counts, init,
 hook placement, identity at init, VPT token layout, SSF merge equivalence, merge refusals, one optimizer step moves
 exactly the trainable tensors, bad kwargs."""
 import math

@@ -1,4 +1,4 @@
-"""FacT-TK (specs/baselines.md §9): counts, one shared module, the official slice layout (fc1/fc2 interleave),
+"""FacT-TK (docs/methods/baselines.md §9): counts, one shared module, the official slice layout (fc1/fc2 interleave),
 identity at init, training moves every factor, merge equivalence, bad kwargs."""
 import copy
 

@@ -1,4 +1,4 @@
-"""HTA (specs/hta.md): counts, init (HTA-D1/D2), fast path == per-token reference, Householder/SVD facts (scipy,
+"""HTA (docs/methods/hta.md): counts, init (HTA-D1/D2), fast path == per-token reference, Householder/SVD facts (scipy,
 float64), identity at init, gradient-flow order with the zero head, merge equivalence, bad kwargs."""
 import copy
 import math
@@ -15,7 +15,7 @@ from models.methods.hta import HTA, HTAAdapter, HTALinear, hta_branch_reference,
 
 
 HTA_NAMES = ("v_left", "v_right", "d", "down", "up")
-VTAB_SUM_C, FGVC_SUM_C = 940, 1173  # 19 VTAB tasks, 5 FGVC datasets (specs README, hta.md §4)
+VTAB_SUM_C, FGVC_SUM_C = 940, 1173  # 19 VTAB tasks, 5 FGVC datasets (specs README, docs/methods/hta.md §4)
 
 
 def _meta(arch="vit_base_patch16_224", num_classes=10, **kw):
@@ -41,7 +41,7 @@ def _randomise(model, seed=1):
                 p.copy_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
-# ---------------------------------------------------------------- counts (hta.md §4)
+# ---------------------------------------------------------------- counts (docs/methods/hta.md §4)
 
 @pytest.mark.parametrize("kw,expected", [
     ({}, 184_320), ({"rank": 0}, 110_592), ({"rank": 2}, 258_048), ({"rank": 4}, 405_504),
@@ -70,7 +70,7 @@ def test_printed_totals_round_to_paper():
     vtab_b, fgvc_b, vtab_l = b + 769 * VTAB_SUM_C / 19, b + 769 * FGVC_SUM_C / 5, l + 1025 * VTAB_SUM_C / 19
     assert (round(vtab_b), round(fgvc_b), round(vtab_l)) == (222_365, 364_727, 542_231)
     assert (round(vtab_b / 1e6, 2), round(fgvc_b / 1e6, 2), round(vtab_l / 1e6, 2)) == (0.22, 0.36, 0.54)
-    # per-task totals (hta.md §4): cifar C = 100, sun397 C = 397
+    # per-task totals (docs/methods/hta.md §4): cifar C = 100, sun397 C = 397
     assert models.count_parameters(_meta(num_classes=100)) == 261_220
     assert models.count_parameters(_meta(num_classes=397)) == 489_613
 
@@ -92,7 +92,7 @@ def test_init_follows_decisions():
     assert HTALinear(torch.nn.Linear(8, 8), rank=0).down is None
 
 
-# ---------------------------------------------------------------- fast path == spec reference (§3.1)
+# ---------------------------------------------------------------- fast path == documented reference (§3.1)
 
 @pytest.mark.parametrize("impl", ["merged", "lowrank"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
@@ -228,7 +228,7 @@ def test_dropout_path_keeps_its_activations_in_the_autocast_dtype():
 
 
 def test_delta_weight_equals_explicit_householder_product():
-    # ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l) (hta.md §3.1), square and both rectangular shapes, float64
+    # ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l) (docs/methods/hta.md §3.1), square and both rectangular shapes, float64
     torch.manual_seed(0)
     for n_in, n_out in ((48, 48), (48, 80), (80, 48)):
         layer = HTALinear(torch.nn.Linear(n_in, n_out), rank=2).double()
@@ -315,7 +315,7 @@ def test_identity_at_init_bit_for_bit(kw):
 
 def test_gradient_flow_order_with_zero_head_and_three_adamw_steps():
     m = _micro(rank=1, targets=("q", "k", "v", "proj", "fc1")).train()
-    assert torch.equal(m.head.weight, torch.zeros_like(m.head.weight))  # head_init 'zeros' (hta.md §5.2)
+    assert torch.equal(m.head.weight, torch.zeros_like(m.head.weight))  # head_init 'zeros' (docs/methods/hta.md §5.2)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 5, (6,))
     start = {n: p.detach().clone() for n, p in m.state_dict().items()}

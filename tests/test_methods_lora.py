@@ -1,4 +1,4 @@
-"""LoRA (specs/baselines.md §4, BASE-1): counts, the shared-A qkv branch, identity at init, gradients of A and B,
+"""LoRA (docs/methods/baselines.md §4, BASE-1): counts, the shared-A qkv branch, identity at init, gradients of A and B,
 merge equivalence, bad kwargs."""
 import pytest
 import torch

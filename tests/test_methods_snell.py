@@ -1,4 +1,4 @@
-"""SNELL (spec: snell.md): counts, kernel, sparsification, gradients, wiring, fast path == naive reference, merge."""
+"""SNELL (docs/methods/snell.md): counts, kernel, sparsification, gradients, wiring, fast path == naive reference, merge."""
 import math
 
 import numpy as np
@@ -42,7 +42,7 @@ def test_vit_b_counts(rank, factors):
     assert "cls_token" in names and "pos_embed" not in names and len(names) == 12 * 6 * 2 + 3
 
 
-@pytest.mark.parametrize("arch,rank,factors", [  # snell.md §7, r = 8 / 16 / 32
+@pytest.mark.parametrize("arch,rank,factors", [  # docs/methods/snell.md §7, r = 8 / 16 / 32
     ("vit_large_patch16_224", 8, 3_538_944), ("vit_large_patch16_224", 16, 7_077_888),
     ("vit_large_patch16_224", 32, 14_155_776), ("vit_huge_patch14_224", 8, 5_898_240),
     ("vit_huge_patch14_224", 16, 11_796_480), ("vit_huge_patch14_224", 32, 23_592_960)])

@@ -1,4 +1,4 @@
-"""Pre-trained weight loading (models/pretrained.py, benchmarks.md §5): Google .npz, .safetensors, .pth and timm names
+"""Pre-trained weight loading (models/pretrained.py, docs/benchmarks.md §5): Google .npz, .safetensors, .pth and timm names
 into our separate-q/k/v ViT. CPU only, no network: the timm-name path runs with timm's hub call replaced by a local
 random model, and every name check happens before any download would."""
 import hashlib
@@ -140,7 +140,7 @@ def test_npz_drops_pre_logits_and_head_and_gives_the_same_tensors_as_the_state_d
     assert a.pretrained_info["ignored_keys"] == ["head/bias", "head/kernel", "pre_logits/bias", "pre_logits/kernel"]
     assert a.pretrained_info["checkpoint_arch"] == "ViT(width 64, depth 2, 2 heads, patch 8)"  # heads read from npz
     sa, sb = a.state_dict(), b.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa if not k.startswith("head."))  # benchmarks.md §5: identical
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if not k.startswith("head."))  # docs/benchmarks.md §5: identical
     # ... so the loaded backbone's own hash agrees across file kinds (also recorded where timm leaves no file)
     assert a.pretrained_info["backbone_sha256"] == b.pretrained_info["backbone_sha256"]
     assert a.pretrained_info["sha256"] != b.pretrained_info["sha256"]  # while the files differ

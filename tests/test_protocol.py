@@ -1,4 +1,4 @@
-"""Evaluation protocols of train.py (specs: benchmarks.md §6) and the FGVC colour-jitter option (snell.md §8.1).
+"""Evaluation protocols of train.py (docs/benchmarks.md §6) and the FGVC colour-jitter option (docs/methods/snell.md §8.1).
 
 Clean protocol (§6.2): select on val200 by val top-1 at the LAST epoch (train800), retrain on train800val200 and report
 test top-1 at the LAST epoch, never the best epoch's. Tiny demo runs on the CPU, a few seconds each."""

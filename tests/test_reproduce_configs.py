@@ -1,5 +1,5 @@
 """reproduce/: sweep configs, the per-task config writer, the sweep scripts' dry runs, preflight messages and the HTA
-search's selection and config rewriting (specs: hta.md §5, arc.md §7, snell.md §8, benchmarks.md §6)."""
+search's selection and config rewriting (docs/methods/hta.md §5, docs/methods/arc.md §7, docs/methods/snell.md §8, docs/benchmarks.md §6)."""
 from __future__ import annotations
 
 import json
@@ -52,7 +52,7 @@ def test_config_complete_documented_and_accepted_by_train(path):
 
 
 def test_config_values_follow_the_specs():
-    snell = taskcfg.load(ROOT / "reproduce/configs/snell_vtab.yaml")  # snell.md §8.2
+    snell = taskcfg.load(ROOT / "reproduce/configs/snell_vtab.yaml")  # docs/methods/snell.md §8.2
     r = lambda spec, t: taskcfg.resolve(spec, t)  # noqa: E731
     assert (r(snell, "patch_camelyon")["lr"], r(snell, "patch_camelyon")["weight_decay"]) == (7e-4, 0.05)
     assert r(snell, "dtd")["method_args"] == {"rank": 32, "sparsity": 0.995, "dropout": 0.1}
@@ -60,20 +60,20 @@ def test_config_values_follow_the_specs():
     assert r(snell, "dmlab")["method_args"]["sparsity"] == 0.0
     assert [r(snell, t)["epochs"] for t in ("cifar", "patch_camelyon", "smallnorb_ele")] == [200, 100, 200]
     assert r(snell, "cifar")["schedule"] == "per_epoch_timm" and r(snell, "cifar")["wd_scope"] == "matrices"
-    sf = taskcfg.load(ROOT / "reproduce/configs/snell_fgvc.yaml")  # snell.md §8.3, r = 32
+    sf = taskcfg.load(ROOT / "reproduce/configs/snell_fgvc.yaml")  # docs/methods/snell.md §8.3, r = 32
     assert (r(sf, "stanford_dogs")["lr"], r(sf, "stanford_dogs")["weight_decay"]) == (3e-4, 0.005)
     assert r(sf, "oxford_flowers")["method_args"]["sparsity"] == 0.8
-    af = taskcfg.load(ROOT / "reproduce/configs/arc_fgvc.yaml")  # arc.md §7.3
+    af = taskcfg.load(ROOT / "reproduce/configs/arc_fgvc.yaml")  # docs/methods/arc.md §7.3
     assert [(r(af, t)["lr"], r(af, t)["weight_decay"], r(af, t)["method_args"]["dropout"], r(af, t)["drop_rate"])
             for t in K.FGVC_TASKS] == [(1e-3, 0.05, 0.1, 0.1), (2e-4, 0.05, 0.1, 0.1), (2.5e-3, 0.01, 0.1, 0.1),
                                         (2.5e-4, 0.05, 0.1, 0.0), (5e-3, 0.05, 0.0, 0.1)]
-    av = taskcfg.load(ROOT / "reproduce/configs/arc_vtab.yaml")  # arc.md §7.1
+    av = taskcfg.load(ROOT / "reproduce/configs/arc_vtab.yaml")  # docs/methods/arc.md §7.1
     assert {(r(av, t)["lr"], r(av, t)["weight_decay"], r(av, t)["batch_size"]) for t in K.VTAB} == {(0.01, 0.0, 32)}
-    # no per-task values were released for ViT: defaults, not the paper's selection, and the spec's lr x wd x
-    # dropout grid for search.py (arc.md §7.4)
+    # no per-task values were released for ViT: defaults, not the paper's selection, and the documented lr x wd x
+    # dropout grid for search.py (docs/methods/arc.md §7.4)
     assert av["selection"] == "default" and set(av["search"]["full"]) == {"lr", "weight_decay", "dropout"}
     assert len(search.grid_points(av["search"]["full"])) == 75 and len(search.grid_points(av["search"]["stage1"])) == 25
-    for name in ("hta_vtab", "hta_vtab_large", "hta_fgvc"):  # hta.md §5
+    for name in ("hta_vtab", "hta_vtab_large", "hta_fgvc"):  # docs/methods/hta.md §5
         h = taskcfg.load(ROOT / f"reproduce/configs/{name}.yaml")
         assert h["selection"] == "default" and len(search.grid_points(h["search"]["full"])) == 525
         assert {(r(h, t)["epochs"], r(h, t)["warmup_epochs"], r(h, t)["method_args"]["rank"]) for t in h["tasks"]} \
@@ -309,7 +309,7 @@ def test_search_selects_on_val_and_writes_the_config(tmp_path, monkeypatch):
 
 def test_search_of_every_task_sets_selection_val_and_verify_says_so(tmp_path, capsys):
     """Searching the tasks one by one: ``partial`` after the first, ``val`` once every task of the config has
-    search-selected values; verify.py's clean-column note follows (benchmarks.md §6.2)."""
+    search-selected values; verify.py's clean-column note follows (docs/benchmarks.md §6.2)."""
     text = (ROOT / "reproduce/configs/hta_vtab.yaml").read_text()
     head, tasks = text.split("\ntasks:", 1)
     keep = [line for line in tasks.splitlines()[1:] if line.startswith(("  cifar:", "  dtd:"))]

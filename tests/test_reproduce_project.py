@@ -68,7 +68,7 @@ def test_cli_projects_from_bench_files_and_refuses_what_is_not_one(tmp_path, cap
     out = tmp_path / "project.json"
     assert project.main([str(tmp_path / "b64.json"), str(tmp_path / "b32.json"), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "1000 img/s at batch 32" in printed and f"met    training >= 0.85 x floor" in printed
+    assert "1000 img/s at batch 32" in printed and "met    training >= 0.85 x floor" in printed
     saved = json.loads(out.read_text())
     assert saved["projection"]["row"] == CFG_ROW and saved["projection"]["train_s"] == 19 * 100 * 1000 / 1000.0
     # the config's batch size not measured: one line naming the command that would measure it, exit 2

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_vtab_tree(root: Path, tasks: list[str], n_images: int = 8, n_classes: int = 4, size: int = 32) -> None:
-    """NOAH layout (benchmarks.md §2) with the VTAB-1k line counts 800/200/1000 (the data package checks them) that
+    """NOAH layout (docs/benchmarks.md §2) with the VTAB-1k line counts 800/200/1000 (the data package checks them) that
     point at a few distinct tiny PNGs; labels 0..n_classes-1 (valid for every task); a 16-image test split."""
     rng = np.random.default_rng(0)
     for task in tasks:

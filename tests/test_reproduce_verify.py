@@ -1,4 +1,4 @@
-"""reproduce/: the paper tables and the verification table (specs: benchmarks.md §7, paper_tables/README.md)."""
+"""reproduce/: the paper tables and the verification table (docs/benchmarks.md §7, paper_tables/README.md)."""
 from __future__ import annotations
 
 import json
@@ -62,7 +62,7 @@ def test_paper_tables_reproduce_their_printed_means():
     ("HTA", "Table 1", "ARC", (571.3, 343.1, 479.6), (81.61, 85.78, 59.95), 73.37, 75.78),
 ])
 def test_both_vtab_mean_conventions_match_the_worked_examples(paper, table, method, sums, groups, m19, mg):
-    """benchmarks.md §7 worked examples: Σ per group, group means, mean_19 and mean_groups."""
+    """docs/benchmarks.md §7 worked examples: Σ per group, group means, mean_19 and mean_groups."""
     acc = {t: v for t, v in tables.find(paper, table, "vit_b16_in21k", method).values.items() if t in K.VTAB}
     for g, s, m in zip(("natural", "specialized", "structured"), sums, groups):
         assert sum(acc[t] for t in K.GROUPS[g]) == pytest.approx(s, abs=1e-9)

@@ -59,7 +59,7 @@ def backbone(tmp_path_factory, cache):
     return out / "adapter.safetensors"
 
 
-# SNELL's update starts as K·|K| (~1e-6, snell.md §3), so it needs a larger step to move within 8 short epochs
+# SNELL's update starts as K·|K| (~1e-6, docs/methods/snell.md §3), so it needs a larger step to move within 8 short epochs
 @pytest.mark.parametrize("method,lr", [("hta", 1e-2), ("arc", 1e-2), ("snell", 5e-2), ("lora", 1e-2)])
 def test_methods_learn_a_new_task_through_train_py(method, lr, backbone, cache, tmp_path):
     out = tmp_path / method
@@ -75,7 +75,7 @@ def test_methods_learn_a_new_task_through_train_py(method, lr, backbone, cache, 
 
 
 def test_linear_probe_learns_with_the_sgd_reference_recipe(backbone, cache, tmp_path):
-    # baselines.md §1 (and VPT, §7): SGD with momentum 0.9 and lr × batch / 256
+    # docs/methods/baselines.md §1 (and VPT, §7): SGD with momentum 0.9 and lr × batch / 256
     out = tmp_path / "probe"
     run(["--method", "linear", "--dataset", "demo_shape", "--pretrained", backbone, "--arch", "vit_micro_patch8",
          "--img-size", "32", "--batch-size", "50", "--epochs", "8", "--warmup-epochs", "1", "--lr", "25",
@@ -311,11 +311,11 @@ def test_yaml_config_is_overridden_by_flags_and_unknown_keys_rejected(tmp_path):
 def test_schedules_match_the_specs():
     cfg = C.RunConfig(lr=1e-3, epochs=100, warmup_epochs=10, schedule="per_epoch_timm", min_lr_factor=1e-6)
     lrs = [L.lr_at(cfg, 0, e, 32) for e in range(100)]
-    # snell.md §11: e0 = e1 = 1e-6; e2 ≈ 1.01e-4; e11 ≈ 9.76e-4
+    # docs/methods/snell.md §11: e0 = e1 = 1e-6; e2 ≈ 1.01e-4; e11 ≈ 9.76e-4
     assert lrs[0] == lrs[1] == 1e-6 and abs(lrs[2] - 1.009e-4) < 1e-10 and abs(lrs[11] - 9.76e-4) < 1e-6
     cfg.schedule = "per_step"
     steps = 32
-    assert L.lr_at(cfg, 0, 0, steps) == 0.0  # arc.md §7.1: the first update uses lr 0
+    assert L.lr_at(cfg, 0, 0, steps) == 0.0  # docs/methods/arc.md §7.1: the first update uses lr 0
     assert abs(L.lr_at(cfg, 160, 5, steps) - 0.5e-3) < 1e-12
     assert abs(L.lr_at(cfg, 320, 10, steps) - 1e-3) < 1e-12
     assert L.lr_at(cfg, 3199, 99, steps) < 1e-5 and L.lr_at(cfg, 10**6, 99, steps) == 1e-3 * 1e-6
@@ -334,7 +334,7 @@ def test_weight_decay_groups_exclude_biases_norms_and_tokens():
 
 
 def test_no_decay_exempts_named_parameters_in_any_scope(tmp_path):
-    # hta.md §5.2: weight decay on all trainable tensors, with a config flag to exclude HTA's v and d
+    # docs/methods/hta.md §5.2: weight decay on all trainable tensors, with a config flag to exclude HTA's v and d
     import models
 
     m = models.create_model("vit_micro_patch8", "hta", num_classes=3, img_size=32)

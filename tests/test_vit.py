@@ -47,7 +47,7 @@ def test_arch_shapes_on_meta(arch, width, depth, tokens):
 
 
 def test_vit_b16_backbone_size_matches_spec():
-    # baselines.md "Common frame": 85,798,656 backbone parameters (+ head 769·C).
+    # docs/methods/baselines.md "Common frame": 85,798,656 backbone parameters (+ head 769·C).
     with torch.device("meta"):
         m = models.create_model("vit_base_patch16_224", "full", num_classes=100)
     assert models.count_parameters(m, head=False) == 85_798_656
@@ -59,7 +59,7 @@ def test_linear_probe_trains_only_the_head_and_bitfit_count():
         lin = models.create_model("vit_base_patch16_224", "linear", num_classes=37)
         bit = models.create_model("vit_base_patch16_224", "bitfit", num_classes=37)
     assert models.count_parameters(lin, head=False) == 0 and models.count_parameters(lin) == 769 * 37
-    assert models.count_parameters(bit, head=False) == 102_912  # baselines.md §3
+    assert models.count_parameters(bit, head=False) == 102_912  # docs/methods/baselines.md §3
 
 
 def test_hooks_are_identity_until_used_and_any_img_size_works():

@@ -1,4 +1,4 @@
-"""Adapter, NOAH-style FFN adapter by default (spec: specs/baselines.md §5, decision BASE-2).
+"""Adapter, NOAH-style FFN adapter by default (docs/methods/baselines.md §5, decision BASE-2).
 
 One bottleneck adapter per block, applied sequentially to the FFN output, after drop-path and before the residual
 add (the ``block.mlp_out`` hook)::

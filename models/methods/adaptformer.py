@@ -1,4 +1,4 @@
-"""AdaptFormer (Chen et al., 2022) (spec: specs/baselines.md §6).
+"""AdaptFormer (Chen et al., 2022) (docs/methods/baselines.md §6).
 
 A scaled bottleneck branch parallel to the MLP, reading the residual stream *after* the attention residual (not the
 LN2 output); installed as the ``block.mlp_parallel`` hook, whose output is added to the (drop-path'ed) MLP output::

@@ -1,7 +1,7 @@
 """ARC and ARC_att: Adapter Re-Composing (Dong et al., NeurIPS 2023), with the official ``Model/ARC_ViT.py``
-semantics (spec: arc.md; decisions ARC-1..3).
+semantics (docs/methods/arc.md; decisions ARC-1..3).
 
-Per layer l and position p ∈ {att, mlp}, on the LayerNorm output h that feeds a frozen linear group (arc.md §2)::
+Per layer l and position p ∈ {att, mlp}, on the LayerNorm output h that feeds a frozen linear group (docs/methods/arc.md §2)::
 
     ARC_l^p(h) = h + Drop(h · U_p · diag(λ_l^p)) · U_pᵀ + b_l^p
 
@@ -10,7 +10,7 @@ Per layer l and position p ∈ {att, mlp}, on the LayerNorm output h that feeds 
   ``block.mlp_in``) holds only its λ (d) and b (D) and *references* the shared module (not a submodule, so U is
   registered, counted and saved once).
 * The residual stream is never touched, so the eval-mode adapter h ↦ h·A + b with A = I + U·diag(λ)·Uᵀ folds exactly
-  into the linears it feeds (q, k, v; fc1): W' = W·A = W + ((W·U) ⊙ λ)·Uᵀ, c' = c + W·b (arc.md §5, ARC-3).
+  into the linears it feeds (q, k, v; fc1): W' = W·A = W + ((W·U) ⊙ λ)·Uᵀ, c' = c + W·b (docs/methods/arc.md §5, ARC-3).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ __all__ = ["ARC", "ARCAtt", "ARCShared", "ARCAdapter"]
 
 
 class ARCShared(nn.Module):
-    """The model-level shared down-projections U_att and (ARC only) U_mlp, each (D, d), Xavier-uniform (arc.md §3)."""
+    """The model-level shared down-projections U_att and (ARC only) U_mlp, each (D, d), Xavier-uniform (docs/methods/arc.md §3)."""
 
     def __init__(self, dim: int, bottleneck: int, mlp: bool):
         super().__init__()
@@ -54,9 +54,9 @@ class ARCAdapter(nn.Module):
         self.position = position
         self.scale = nn.Parameter(torch.zeros(bottleneck))  # λ, (d,)
         self.bias = nn.Parameter(torch.zeros(dim))  # b, (D,)
-        self.drop = dropout_layer(dropout)  # on the d-dim bottleneck activations (arc.md §2, `--adapt_drop`)
+        self.drop = dropout_layer(dropout)  # on the d-dim bottleneck activations (docs/methods/arc.md §2, `--adapt_drop`)
         if scale_init == "xavier":
-            # Official λ_mlp init: xavier_uniform_ on a (1, d) tensor -> bound sqrt(6 / (1 + d)) (arc.md §3, ARC-2).
+            # Official λ_mlp init: xavier_uniform_ on a (1, d) tensor -> bound sqrt(6 / (1 + d)) (docs/methods/arc.md §3, ARC-2).
             nn.init.xavier_uniform_(self.scale.data.view(1, -1))
         elif scale_init != "zeros":
             raise ValueError(f"unknown λ init {scale_init!r}: use 'xavier' or 'zeros'")
@@ -70,13 +70,13 @@ class ARCAdapter(nn.Module):
         return h + self.drop((h @ u) * self.scale) @ u.t() + self.bias
 
     def matrix(self) -> torch.Tensor:
-        """A = I + U·diag(λ)·Uᵀ (D, D), symmetric: the eval-mode adapter is h ↦ h·A + b (arc.md §2)."""
+        """A = I + U·diag(λ)·Uᵀ (D, D), symmetric: the eval-mode adapter is h ↦ h·A + b (docs/methods/arc.md §2)."""
         u = self.u
         return torch.eye(u.shape[0], dtype=u.dtype, device=u.device) + (u * self.scale) @ u.t()
 
     @torch.no_grad()
     def fold_into(self, linear: nn.Linear) -> nn.Linear:
-        """The plain ``nn.Linear`` computing ``linear(adapter(h))`` in eval mode (arc.md §5):
+        """The plain ``nn.Linear`` computing ``linear(adapter(h))`` in eval mode (docs/methods/arc.md §5):
         W' = W + ((W·U) ⊙ λ)·Uᵀ, c' = c + W·b, computed in fp32."""
         w, u = linear.weight.float(), self.u.float()
         delta = ((w @ u) * self.scale.float()) @ u.t()  # (out, D)
@@ -88,9 +88,9 @@ class _ARCBase(Method):
     """Shared install/merge for ARC and ARC_att; ``_mlp`` says whether the FFN-side adapter is used."""
 
     dim: int = 50  # bottleneck width d (50 in every released config)
-    dropout: float = 0.1  # bottleneck dropout (`--adapt_drop`, arc.md §7.1)
+    dropout: float = 0.1  # bottleneck dropout (`--adapt_drop`, docs/methods/arc.md §7.1)
 
-    head_init = "zeros"  # zero_head=True in the official scripts (arc.md §3)
+    head_init = "zeros"  # zero_head=True in the official scripts (docs/methods/arc.md §3)
     _mlp = False
 
     def _mlp_lambda_init(self) -> str:
@@ -101,7 +101,7 @@ class _ARCBase(Method):
         self.dropout = check_rate(self.name, "dropout", self.dropout)
 
     def install(self, model: nn.Module) -> None:
-        # Trainable set is explicit (ARC-1, arc.md §4): U's, λ's, b's (+ the head, made trainable by create_model).
+        # Trainable set is explicit (ARC-1, docs/methods/arc.md §4): U's, λ's, b's (+ the head, made trainable by create_model).
         device = model.pos_embed.device
         model.arc = ARCShared(model.embed_dim, self.dim, mlp=self._mlp).to(device).requires_grad_(True)
         for blk in model.blocks:
@@ -111,7 +111,7 @@ class _ARCBase(Method):
                 blk.mlp_in.requires_grad_(True)
 
     def merge(self, model: nn.Module) -> None:
-        """Fold every adapter into the linears it feeds (arc.md §5); already-merged blocks are left alone."""
+        """Fold every adapter into the linears it feeds (docs/methods/arc.md §5); already-merged blocks are left alone."""
         for blk in model.blocks:
             if isinstance(blk.attn_in, ARCAdapter):
                 for name in ("q", "k", "v"):
@@ -128,7 +128,7 @@ class _ARCBase(Method):
 @dataclasses.dataclass
 class ARC(_ARCBase):
     """ARC: adapters before MHA (feeding q/k/v) and before the FFN (feeding fc1); 96,432 parameters for ViT-B/16 at
-    d = 50, head excluded: 2·D·d + 2·L·(d + D) (arc.md §6). Not identity at init: λ_mlp is Xavier (ARC-2)."""
+    d = 50, head excluded: 2·D·d + 2·L·(d + D) (docs/methods/arc.md §6). Not identity at init: λ_mlp is Xavier (ARC-2)."""
 
     name = "arc"
     mlp_lambda_init: str = "xavier"  # or "zeros" (ARC-2: which one the paper used is uncertain)
@@ -147,6 +147,6 @@ class ARC(_ARCBase):
 @dataclasses.dataclass
 class ARCAtt(_ARCBase):
     """ARC_att: the attention-side adapter only; 48,216 parameters for ViT-B/16 at d = 50, head excluded:
-    D·d + L·(d + D) (arc.md §6). Identity at init (λ_att = 0, b = 0)."""
+    D·d + L·(d + D) (docs/methods/arc.md §6). Identity at init (λ_att = 0, b = 0)."""
 
     name = "arc_att"

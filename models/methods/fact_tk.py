@@ -1,4 +1,4 @@
-"""FacT-TK: factor tuning in Tucker format (Jie & Deng, AAAI 2023; spec: specs/baselines.md §9).
+"""FacT-TK: factor tuning in Tucker format (Jie & Deng, AAAI 2023; docs/methods/baselines.md §9).
 
 All weight increments of the L blocks form one D × D × 12L tensor, factorised once for the whole model::
 
@@ -126,7 +126,7 @@ class FacTLinear(DeltaLinear):
 @register
 @dataclasses.dataclass
 class FacTTK(Method):
-    """FacT-TK (baselines.md §9) on q, k, v, proj, fc1 and fc2 of every block. Keyword arguments:
+    """FacT-TK (docs/methods/baselines.md §9) on q, k, v, proj, fc1 and fc2 of every block. Keyword arguments:
 
     * ``rank`` — Tucker rank r (8; the paper's "FacT-TK≤32" picks r ∈ {8, 16, 32} per task).
     * ``scale`` — s, multiplies every ΔW. FacT sets it per task in its YAML configs (e.g. cifar: r = 32, s = 0.1);

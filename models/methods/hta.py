@@ -1,14 +1,14 @@
-"""HTA: Householder Transformation Adaptation (Dong et al., NeurIPS 2024; spec: specs/hta.md).
+"""HTA: Householder Transformation Adaptation (Dong et al., NeurIPS 2024; docs/methods/hta.md).
 
 Each adapted frozen linear (W, b) learns, in the paper's row-vector layout (y = x·W, W is n_in × n_out)::
 
-    ΔW = A·B + H(v_l)·D_H·H(v_r),    H(v) = I − 2·v·vᵀ / vᵀv         (hta.md §3.1, HTA-D1)
+    ΔW = A·B + H(v_l)·D_H·H(v_r),    H(v) = I − 2·v·vᵀ / vᵀv         (docs/methods/hta.md §3.1, HTA-D1)
     y  = x·W + b + Dropout(x)·ΔW                                       (one mask for both terms, HTA-D4)
 
 and in ``nn.Linear`` layout (out, in): ΔW_pt = up·down + H(v_r)·D_Hᵀ·H(v_l) (both H are symmetric).
 
 Trainable tensors per adapted linear (names the training loop can match: ``train.py --no-decay v_left,v_right,d``
-is hta.md §5.2's flag that exempts the Householder vectors and the diagonal from weight decay):
+is docs/methods/hta.md §5.2's flag that exempts the Householder vectors and the diagonal from weight decay):
 
 =========  ==============  ===================================================  ==================================
 name       shape           role                                                 init (HTA-D1/D2)
@@ -21,11 +21,11 @@ up         (n_out, rank)   rank-r up-projection B (``Linear``-style weight)     
 =========  ==============  ===================================================  ==================================
 
 ``down``/``up`` are absent when ``rank=0``. No scale factor, no activation, the bias stays frozen. With d = 0 and
-up = 0 the adapted model is exactly the frozen one at step 0 (hta.md §3.2).
+up = 0 the adapted model is exactly the frozen one at step 0 (docs/methods/hta.md §3.2).
 
 **Fast path** (performance issue): ``delta_weight()`` builds ΔW_pt in fp32 in O(n_in·n_out) without any D×D
 Householder matrix, and the forward runs ONE GEMM ``F.linear(x, W + ΔW_pt, b)`` (eval, or dropout 0);
-with dropout in training it runs ``base(x) + F.linear(dropout(x), ΔW_pt)``. ``hta_branch_reference`` is the spec's
+with dropout in training it runs ``base(x) + F.linear(dropout(x), ΔW_pt)``. ``hta_branch_reference`` is the documented
 per-token vector form (§3.1 steps 1–4) that the tests hold the fast path to. The factors of ΔW_pt take a few dozen
 tiny ops per layer, and an eager GPU step is bound by launching them, not by FLOPs: :class:`HTAPrelude` (installed
 at ``model.prelude``) builds the factors of all layers of one shape in one batch at the start of each forward
@@ -54,7 +54,7 @@ from .base import (PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, au
 __all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many", "hta_weights_many",
            "hta_lowrank_branch", "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
 
-_EPS = 1e-12  # guard for vᵀv (hta.md §3.1); with v ~ N(0, 1), vᵀv ≈ n
+_EPS = 1e-12  # guard for vᵀv (docs/methods/hta.md §3.1); with v ~ N(0, 1), vᵀv ≈ n
 
 
 def _init_hta(module: nn.Module, n_in: int, n_out: int, rank: int, dropout: float, impl: str, device) -> None:
@@ -206,7 +206,7 @@ def householder(v: torch.Tensor) -> torch.Tensor:
 
 
 def hta_branch_reference(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """The spec's per-token vector form of the HTA branch (hta.md §3.1 steps 1–4), with the layer's dropout.
+    """The per-token vector form of the HTA branch (docs/methods/hta.md §3.1 steps 1–4), with the layer's dropout.
 
     ``layer`` is an ``HTALinear`` or ``HTAAdapter``. Returns x̃·ΔW (paper layout), x̃ = Dropout(x), in x's dtype.
     A plain reference implementation: the fast path (``HTALinear.forward``) must agree with it.
@@ -223,12 +223,12 @@ def hta_branch_reference(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 
 
 class HTALinear(DeltaLinear):
-    """A frozen ``nn.Linear`` plus the HTA update (hta.md §3.1); parameters as in the module docstring.
+    """A frozen ``nn.Linear`` plus the HTA update (docs/methods/hta.md §3.1); parameters as in the module docstring.
 
     ``impl`` picks how training computes it (evaluation always runs the one-GEMM merged form): "merged" builds
     W + ΔW each step (one GEMM, dropout 0) or x·Wᵀ + Drop(x)·ΔWᵀ (dropout > 0); "lowrank" runs
-    x·Wᵀ + :func:`hta_lowrank_branch` (Drop(x)). Same function (tested). bench.py, H200, ViT-B/16, batch 64, bf16,
-    2026-11-27: merged 2,355 vs lowrank 1,100 img/s (as configured, dropout 0.1: 1,494 vs 975), hence the default.
+    x·Wᵀ + :func:`hta_lowrank_branch` (Drop(x)). Same function (tested); "merged" measured faster on a GPU, hence
+    the default (docs/PERFORMANCE.md, "Decisions taken from these runs").
     """
 
     def __init__(self, base: nn.Linear, rank: int = 1, dropout: float = 0.0, impl: str = "merged"):
@@ -272,7 +272,7 @@ class HTALinear(DeltaLinear):
 
 
 class HTAAdapter(nn.Module):
-    """Adapter-style HTA at the FFN output (hta.md §3.4, paper Eq. 7): h ↦ h + Dropout(h)·M, M square D×D.
+    """Adapter-style HTA at the FFN output (docs/methods/hta.md §3.4, paper Eq. 7): h ↦ h + Dropout(h)·M, M square D×D.
 
     Installed at ``block.mlp_out`` (after the MLP's drop-path, before the residual add; the skip h is kept,
     [default] of §3.4). Same parameter names and init as ``HTALinear``.
@@ -317,11 +317,9 @@ class HTAPrelude(nn.Module):
 
     max_elements = PRELUDE_MAX_ELEMENTS
     # Whether the weights are batched too (else only the factors, each layer forming its own W + ΔW), by device
-    # type ("default" for the rest), unless the method's ``batch_weights`` says. CPU (2 AMD EPYC cores, ViT-B/16,
-    # batch 4, bf16, 2026-11-27): 603 ms per step with per-layer weights, 724 ms batched (a (48, 768, 768) batch
-    # runs from DRAM, one layer's weight from cache). CUDA: batched; the eager step is bound by launching ops
-    # (2,704 → 2,043 forward + backward ops on ViT-B/16). H200, batch 64, bf16, 2026-11-27: 2,355 img/s batched
-    # vs 1,297 per layer (as configured, dropout 0.1: 1,494 vs 1,045), same peak memory (3.98 vs 4.00 GiB).
+    # type ("default" for the rest), unless the method's ``batch_weights`` says. CUDA: batched, because the eager
+    # step is bound by launching ops; the CPU: per layer, because a batch of all weights runs from DRAM and one
+    # layer's weight from cache (measurements: docs/PERFORMANCE.md, "Decisions taken from these runs").
     WEIGHTS_BY_DEVICE = {"cuda": True, "default": False}
 
     def __init__(self, layers, batch_weights: bool | None = None):
@@ -360,7 +358,7 @@ _DEFAULT_TARGETS = ("q", "k", "v", "proj")
 @register
 @dataclasses.dataclass
 class HTA(Method):
-    """HTA (hta.md). Keyword arguments:
+    """HTA (docs/methods/hta.md). Keyword arguments:
 
     * ``rank`` — dimension r of the low-rank term A·B (paper: 1, the "1-dimension bottleneck"); 0 removes it.
     * ``targets`` — linears adapted in every block, any subset of q, k, v, proj, fc1, fc2 (HTA-D3 default q, k, v,
@@ -373,7 +371,7 @@ class HTA(Method):
     * ``batch_weights`` — whether the prelude also forms the layers' GEMM weights as one batch (True) or only their
       factors (False); None (default) decides by device, ``HTAPrelude.WEIGHTS_BY_DEVICE``. Same function.
 
-    Head: zeros (hta.md §5.2). Weight-decay grouping is the training loop's job: ``train.py``'s ``no_decay`` option
+    Head: zeros (docs/methods/hta.md §5.2). Weight-decay grouping is the training loop's job: ``train.py``'s ``no_decay`` option
     matches the parameter names ``v_left``, ``v_right``, ``d``, ``down``, ``up`` (module docstring).
     """
 

@@ -1,4 +1,4 @@
-"""LoRA (Hu et al., 2022) as the VTAB baselines use it (spec: specs/baselines.md §4, decision BASE-1).
+"""LoRA (Hu et al., 2022) as the VTAB baselines use it (docs/methods/baselines.md §4, decision BASE-1).
 
 For an adapted linear: y = x·Wᵀ + b + Dropout(x)·Aᵀ·Bᵀ, A (r × n_in) Kaiming-uniform(a=√5), B (n_out × r) zeros,
 scale 1 (no α/r, as in the NOAH code). Merge: W ← W + B·A.
@@ -157,7 +157,7 @@ class LoRA(Method):
 @register
 @dataclasses.dataclass
 class LoRAQV(LoRA):
-    """Original LoRA placement: independent A and B on q and v (baselines.md §4 ``lora_qv``; 294,912 at r = 8)."""
+    """Original LoRA placement: independent A and B on q and v (docs/methods/baselines.md §4 ``lora_qv``; 294,912 at r = 8)."""
 
     name: ClassVar[str] = "lora_qv"
 

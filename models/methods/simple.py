@@ -1,4 +1,4 @@
-"""The three baselines that add no modules: full fine-tuning, linear probing and BitFit (specs: baselines.md §1–3)."""
+"""The three baselines that add no modules: full fine-tuning, linear probing and BitFit (docs/methods/baselines.md §1–3)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,7 @@ from .base import Method, register
 @register
 @dataclasses.dataclass
 class Full(Method):
-    """Full fine-tuning: every parameter trains (85,798,656 + head for ViT-B/16; baselines.md §2)."""
+    """Full fine-tuning: every parameter trains (85,798,656 + head for ViT-B/16; docs/methods/baselines.md §2)."""
 
     name = "full"
 
@@ -25,7 +25,7 @@ class Full(Method):
 @register
 @dataclasses.dataclass
 class Linear(Method):
-    """Linear probe: only the head trains (baselines.md §1)."""
+    """Linear probe: only the head trains (docs/methods/baselines.md §1)."""
 
     name = "linear"
 
@@ -37,7 +37,7 @@ class Linear(Method):
 @dataclasses.dataclass
 class BitFit(Method):
     """BitFit ("Bias"): every bias of the backbone trains — patch-embedding conv, LayerNorm and linear biases —
-    plus the head: 102,912 for ViT-B/16 (baselines.md §3)."""
+    plus the head: 102,912 for ViT-B/16 (docs/methods/baselines.md §3)."""
 
     name = "bitfit"
 

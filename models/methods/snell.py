@@ -1,18 +1,18 @@
 """SNELL: sparse tuning with kernelized LoRA ("Expanding Sparse Tuning for Low Memory Usage", NeurIPS 2024), with the
-official-code semantics of ``ssfgunner/SNELL`` (spec: snell.md; decisions SNELL-D0, SNELL-1).
+official-code semantics of ``ssfgunner/SNELL`` (docs/methods/snell.md; decisions SNELL-D0, SNELL-1).
 
 Every targeted frozen linear (default: q, k, v, proj, fc1, fc2 of every block) gets a dense update built from two
-factor tensors and sparsified at every forward (snell.md §2–3)::
+factor tensors and sparsified at every forward (docs/methods/snell.md §2–3)::
 
     K[i, j] = 0.1·‖A[0, i] − B[0, j]‖₂ − 0.1·‖A[1, i] − B[1, j]‖₂          A: (2, n_in, r/2), B: (2, n_out, r/2)
     Kˢ = K ⊙ sg(|K|) ⊙ [|K| > t],  t = quantile(|K|, s)  (per matrix)    s = 0: Kˢ = K (plain KLoRA, no |K| factor)
     y  = x·Wᵀ + c + DropPath(Drop(x)·Kˢ)                                  nn.Linear layout: ΔW = Kˢᵀ
 
-Module layout (one choice the spec leaves open): each adapted linear is a :class:`SNELLLinear` that owns its own A, B
-and exposes ``delta_weight()`` = Kˢᵀ, also for q, k and v. Their one shared dropout draw of LN1(x) (snell.md §4) is
+Module layout (a choice the paper and the official code leave open): each adapted linear is a :class:`SNELLLinear` that owns its own A, B
+and exposes ``delta_weight()`` = Kˢᵀ, also for q, k and v. Their one shared dropout draw of LN1(x) (docs/methods/snell.md §4) is
 made by :class:`SNELLQKVBranch` at ``attn.qkv_branch``, which references (does not own) the q/k/v layers.
 
-Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version the tests compare against):
+Fast paths (all exact; :func:`reference_kernel` is the naive version the tests compare against):
 
 * each threshold is selected once per step, outside autograd and outside the activation checkpoint (whose
   backward recomputation rebuilds K and the mask, not the selection): two order statistics by a radix-select top-k
@@ -28,7 +28,7 @@ Fast paths (all exact; :func:`reference_kernel` is the naive per-spec version th
 * the q, k, v kernels (same shape) are built and thresholded as one batch;
 * non-reentrant activation checkpointing (SNELL-1) around the branch dropout, kernel construction and the branch
   GEMM, so K, the distance matrices, the masks and the dropout mask are recomputed in backward (the dropout from the
-  saved RNG state) instead of stored (snell.md §5): a branch keeps only its input, as LoRA's does.
+  saved RNG state) instead of stored (docs/methods/snell.md §5): a branch keeps only its input, as LoRA's does.
 """
 from __future__ import annotations
 
@@ -51,14 +51,14 @@ __all__ = ["ALPHA", "SNELL", "SNELLLinear", "SNELLPrelude", "SNELLQKVBranch", "k
 
 ALPHA = (0.1, -0.1)  # the fixed segment coefficients α of K (`shared_coeff_fc`, SNELL-D0)
 _QKV = ("q", "k", "v")
-_NO_INPUT_DROPOUT = ("proj",)  # the attention output feeds its branch undropped (snell.md §4)
+_NO_INPUT_DROPOUT = ("proj",)  # the attention output feeds its branch undropped (docs/methods/snell.md §4)
 
 
 # --------------------------------------------------------------------------------------------------------- kernels
 
 
 def kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Dense KLoRA update K = Σ_p α_p·cdist(A_p, B_p), Euclidean, not squared (snell.md §2).
+    """Dense KLoRA update K = Σ_p α_p·cdist(A_p, B_p), Euclidean, not squared (docs/methods/snell.md §2).
 
     A: (..., 2, n_in, r/2), B: (..., 2, n_out, r/2), alpha: (2, 1, 1) -> K: (..., n_in, n_out).
     """
@@ -88,8 +88,8 @@ def _select_kthvalue(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tens
 
 def _select_sort(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
     """The same values from one sort. On CUDA ``kthvalue`` over a few very long rows (one 768×768 |K| per row) runs
-    one thread block per row: SNELL trained at 44 img/s on an H200 that way (docs/PERFORMANCE.md), while a segmented
-    sort of the same rows is a few fast kernels (top-k is faster still there, ``SELECT_BY_DEVICE``)."""
+    one thread block per row, while a segmented sort of the same rows is a few fast kernels (top-k is faster still
+    there, ``SELECT_BY_DEVICE``; docs/PERFORMANCE.md)."""
     srt = a.sort(dim=-1).values
     return [srt[..., r] for r in ranks]
 
@@ -104,8 +104,8 @@ def _select_topk(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
     return [low[..., r - r0] for r in ranks]
 
 
-# Order-statistic strategies by device type ("default" for the rest): top-k measured fastest on the CPU and on an
-# H200 (docs/PERFORMANCE.md, "SNELL threshold selection"); the table stays so that a device where another strategy
+# Order-statistic strategies by device type ("default" for the rest): top-k measured fastest on the CPU and on a
+# GPU (docs/PERFORMANCE.md, "SNELL threshold selection"); the table stays so that a device where another strategy
 # measures faster (bench.py --methods snell:select=sort,...) gets it without touching the callers.
 SELECTORS = {"kthvalue": _select_kthvalue, "sort": _select_sort, "topk": _select_topk}
 SELECT_BY_DEVICE = {"cuda": "topk", "default": "topk"}
@@ -115,7 +115,7 @@ def quantile_threshold(a: torch.Tensor, q: float, select: str | None = None) -> 
     """``torch.quantile(a, q, dim=-1)`` (linear interpolation) by selection. a: (..., n) -> (...).
 
     Bit-identical to ``torch.quantile`` for float32/float64 (same rank arithmetic, same ``lerp``), and free of its
-    2²⁴-element limit (snell.md §3 "Size limit"). ``select`` names a strategy of ``SELECTORS``; by default
+    2²⁴-element limit (docs/methods/snell.md §3 "Size limit"). ``select`` names a strategy of ``SELECTORS``; by default
     ``SELECT_BY_DEVICE`` (top-k, measured fastest on the CPU and on CUDA).
     """
     lo, hi, w = _quantile_ranks(float(q), a.shape[-1], a.dtype)
@@ -129,7 +129,7 @@ def quantile_threshold(a: torch.Tensor, q: float, select: str | None = None) -> 
 
 
 def sparsify(k: torch.Tensor, sparsity: float, threshold: torch.Tensor | None = None) -> torch.Tensor:
-    """Kˢ = K ⊙ sg(|K|) ⊙ [|K| > t], t = per-matrix quantile of |K| at ``sparsity`` (snell.md §3, code semantics).
+    """Kˢ = K ⊙ sg(|K|) ⊙ [|K| > t], t = per-matrix quantile of |K| at ``sparsity`` (docs/methods/snell.md §3, code semantics).
 
     k: (..., n_in, n_out), one threshold per trailing matrix; ``threshold`` (...,) when already selected (it must be
     :func:`kernel_threshold` of the same factors). ``sparsity == 0`` returns K unchanged (KLoRA: no |K| factor).
@@ -165,7 +165,7 @@ def sparse_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsit
 
 
 def reference_kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """The naive per-spec Kˢ of one matrix (snell.md §2–3): one ``cdist`` per segment, ``torch.quantile`` on the
+    """The naive Kˢ of one matrix (docs/methods/snell.md §2–3): one ``cdist`` per segment, ``torch.quantile`` on the
     flattened |K|, strict mask. A: (2, n_in, h), B: (2, n_out, h), alpha: (2, 1, 1) -> (n_in, n_out). Kept as the
     test oracle for the fast path; the branch it defines is ``x @ reference_kernel(...)``."""
     k = sum(alpha[p] * torch.cdist(A[p], B[p]) for p in range(A.shape[0]))
@@ -219,7 +219,7 @@ def _checkpointed_branches(enabled: bool, drop: nn.Module, x: torch.Tensor, kern
 
 
 class SNELLLinear(DeltaLinear):
-    """A frozen ``nn.Linear`` plus a SNELL branch: y = base(x) + DropPath(Drop(x)·Kˢ) (snell.md §2–4).
+    """A frozen ``nn.Linear`` plus a SNELL branch: y = base(x) + DropPath(Drop(x)·Kˢ) (docs/methods/snell.md §2–4).
 
     ``shared_input=True`` (q, k, v): the branch input is the dropout draw that :class:`SNELLQKVBranch` shares between
     q, k and v, so in regularised training this layer returns ``base(x)`` and the hook adds the branch. Whenever the
@@ -249,7 +249,7 @@ class SNELLLinear(DeltaLinear):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """A, B ~ U(±1/sqrt(n·r/2)) (PyTorch's fan-in of a 3-D tensor, snell.md §2 init table) and α = (0.1, −0.1).
+        """A, B ~ U(±1/sqrt(n·r/2)) (PyTorch's fan-in of a 3-D tensor, docs/methods/snell.md §2 init table) and α = (0.1, −0.1).
         Also what fills a layer materialised from the meta device with ``to_empty`` (α is not in the state dict)."""
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))
@@ -265,7 +265,7 @@ class SNELLLinear(DeltaLinear):
         return sparse_kernel(self.A, self.B, self.alpha, self.sparsity)
 
     def delta_weight(self) -> torch.Tensor:
-        """The update in ``nn.Linear`` layout (out, in): Kˢᵀ (snell.md §6)."""
+        """The update in ``nn.Linear`` layout (out, in): Kˢᵀ (docs/methods/snell.md §6)."""
         return self.sparse_kernel().t()
 
     def _fused_forward(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, t: torch.Tensor | None):
@@ -299,7 +299,7 @@ class SNELLLinear(DeltaLinear):
 
 
 class SNELLQKVBranch(nn.Module):
-    """``attn.qkv_branch`` for SNELL: x = LN1(h) -> (dq, dk, dv), ONE dropout draw shared by q, k, v (snell.md §4).
+    """``attn.qkv_branch`` for SNELL: x = LN1(h) -> (dq, dk, dv), ONE dropout draw shared by q, k, v (docs/methods/snell.md §4).
 
     It owns only that dropout; the factors live in the :class:`SNELLLinear` layers at ``attn.q/k/v`` (``None`` for
     an untargeted one), which it references. Returns ``None`` for a layer whose branch is :attr:`SNELLLinear.fused`
@@ -336,10 +336,9 @@ class SNELLPrelude(nn.Module):
     """``model.prelude`` for SNELL: at the start of every forward, select the thresholds t of all SNELL layers, one
     batch per (n_in, n_out, rank, sparsity) group, and hand each layer its own (it uses it once).
 
-    Why: selection dominated SNELL's step in the one GPU run so far (docs/PERFORMANCE.md), and per layer it is a
-    handful of kernels over one |K|; on a GPU the eager step is bound by launching them. Batched, ViT-B/16's 72 kernels take
-    three selections (48 q/k/v/proj, 12 fc1, 12 fc2), each over a (m, n_in·n_out) stack, which is the "select all
-    thresholds of a step together" the performance issue asks for. The values are those each layer would select
+    Why: per layer, selection is a handful of kernels over one |K|, and on a GPU the eager step is bound by launching
+    them (docs/PERFORMANCE.md). Batched, ViT-B/16's 72 kernels take three selections (48 q/k/v/proj, 12 fc1,
+    12 fc2), each over a (m, n_in·n_out) stack. The values are those each layer would select
     alone (same K, same :func:`quantile_threshold`; tested). Like ``HTAPrelude`` it owns nothing and references
     the layers registered at their own places. The selection runs outside autograd; a batch holds at most
     ``max_elements`` |K| entries (128 MiB in fp32, a few times that while it is built and selected from), only while
@@ -355,9 +354,9 @@ class SNELLPrelude(nn.Module):
     # Whether the prelude also builds the kernels (``batch_weights``), by device type ("default" for the rest),
     # unless the method's ``batch_weights`` says. Batched, a training step keeps one Kˢ per layer in the GEMM
     # dtype until backward (ViT-B/16, all six targets: 162 MiB in bf16, batch-independent) instead of rebuilding it
-    # inside each layer's checkpoint. CUDA: batched. H200, ViT-B/16, batch 64, bf16, 2026-11-27: 669 img/s batched
-    # vs 379 per layer (6,828 → 3,744 ops per step; without dropout 1,435 vs 294), peak 4.95 vs 4.82 GiB (LoRA on
-    # all linears 4.67). CPU: per layer (2 AMD EPYC cores, batch 4: 3.2 s per step per layer vs 5.4 batched).
+    # inside each layer's checkpoint. CUDA: batched (1.7 x faster with dropout, 6.7 x without, for 0.1 GiB more
+    # peak memory); the CPU: per layer, where the batched build is slower (docs/PERFORMANCE.md, "Decisions taken
+    # from these runs").
     WEIGHTS_BY_DEVICE = {"cuda": True, "default": False}
 
     def __init__(self, layers, batch_weights: bool | None = None, select: str | None = None):
@@ -408,7 +407,7 @@ class SNELLPrelude(nn.Module):
 @register
 @dataclasses.dataclass
 class SNELL(Method):
-    """SNELL-r on every block linear (snell.md). Trainable: all A, B (165,888·r for ViT-B/16 with all six targets),
+    """SNELL-r on every block linear (docs/methods/snell.md). Trainable: all A, B (165,888·r for ViT-B/16 with all six targets),
     the cls_token (+768) and the head (+769·C; trunc-normal init). s = 0 gives plain KLoRA.
 
     Regularisers on by default, as in every official script: branch input Dropout 0.1 (q, k, v share one draw; proj
@@ -417,7 +416,7 @@ class SNELL(Method):
 
     name = "snell"
     head_init = "trunc_normal"
-    backbone_drop_path = 0.1  # `--drop-path` 0.1 in the official scripts (snell.md §4)
+    backbone_drop_path = 0.1  # `--drop-path` 0.1 in the official scripts (docs/methods/snell.md §4)
 
     rank: int = 8  # r (`--low_rank_dim`): A and B hold two r/2-wide halves
     sparsity: float = 0.9  # s (`--init_thres`): fraction of each |K| zeroed; 0 -> KLoRA
@@ -445,7 +444,7 @@ class SNELL(Method):
             setattr(self, name, check_rate("snell", name, getattr(self, name)))
 
     def install(self, model: nn.Module) -> None:
-        model.cls_token.requires_grad_(True)  # ft_cls_token=True (snell.md §1)
+        model.cls_token.requires_grad_(True)  # ft_cls_token=True (docs/methods/snell.md §1)
         for _, owner, name, lin in iter_linears(model, self.targets):
             setattr(owner, name, SNELLLinear(
                 lin, self.rank, self.sparsity, dropout=0.0 if name in _NO_INPUT_DROPOUT else self.dropout,
@@ -459,7 +458,7 @@ class SNELL(Method):
                                          self.select)
 
     def merge(self, model: nn.Module) -> None:
-        """W_eff = W₀ + Kˢᵀ per adapted linear, Kˢ computed exactly as in the eval forward (snell.md §6).
+        """W_eff = W₀ + Kˢᵀ per adapted linear, Kˢ computed exactly as in the eval forward (docs/methods/snell.md §6).
         Layers that are already plain are left alone (idempotent)."""
         model.prelude = None
         for _, owner, name, lin in iter_linears(model, self.targets):

@@ -1,4 +1,4 @@
-"""SSF: scale and shift deep features (Lian et al., 2022) (spec: specs/baselines.md §8).
+"""SSF: scale and shift deep features (Lian et al., 2022) (docs/methods/baselines.md §8).
 
 ssf(z) = z ⊙ γ + β per channel, γ ~ N(1, 0.02²), β ~ N(0, 0.02²) (``dongzelian/SSF``), applied after
 

@@ -1,4 +1,4 @@
-"""Visual Prompt Tuning (Jia et al., 2022), shallow and deep (spec: specs/baselines.md §7).
+"""Visual Prompt Tuning (Jia et al., 2022), shallow and deep (docs/methods/baselines.md §7).
 
 p learnable prompt tokens of width D go **after** the cls token and **before** the patch tokens, after the position
 embedding (prompts get none). Both variants use the ``block.tokens_in`` hook:
