@@ -51,6 +51,7 @@ from engine import config as C
 from engine.errors import RunError
 from engine.loop import autocast, compiled, eval_network, evaluate
 from engine.rundir import write_json
+from util.cli import ArgumentParser
 
 REFERENCE_ROWS = ("floor", "full")
 
@@ -270,7 +271,7 @@ def _device_name(device: torch.device) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     import data
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="vit_base_patch16_224")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64)

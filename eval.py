@@ -13,7 +13,6 @@ trained tensors from adapter.safetensors and reports top-1. ``--merge`` also fol
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from engine.errors import RunError
 from engine.loop import evaluate
 from engine.rundir import seed_everything
 from models.pretrained import WeightsUnavailable
+from util.cli import ArgumentParser
 
 
 def model_from_run(run: Path, device: str):
@@ -36,9 +36,17 @@ def model_from_run(run: Path, device: str):
     for name in ("config.json", "adapter.safetensors"):
         if not (run / name).exists():
             raise RunError(f"--run {run}: {name} is missing (is this a train.py output directory?)")
-    cfg = C.from_json(json.loads((run / "config.json").read_text()))
+    try:
+        cfg = C.from_json(json.loads((run / "config.json").read_text()))
+    except (ValueError, TypeError) as e:
+        raise RunError(f"--run {run}: config.json is damaged ({type(e).__name__}); it cannot be rebuilt") from None
     cfg.device = device
-    tensors = load_file(str(run / "adapter.safetensors"))
+    try:
+        tensors = load_file(str(run / "adapter.safetensors"))
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type
+        raise RunError(f"{run / 'adapter.safetensors'} is not a readable .safetensors file ({str(e).splitlines()[0]});"
+                       " the file is damaged: copy it again from where the run was trained, or train it again") \
+            from None
     if "head.weight" not in tensors:
         raise RunError(f"{run / 'adapter.safetensors'} holds no head.weight: not an adapter checkpoint")
     num_classes = tensors["head.weight"].shape[0]
@@ -119,7 +127,7 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a train.py output directory")
     src.add_argument("--checkpoint", help="a state dict saved by the official ARC or SNELL code")

@@ -32,6 +32,7 @@ from engine import rundir as R
 from engine.data import build_data
 from engine.errors import Diverged, RunError
 from models.pretrained import WeightsUnavailable
+from util.files import is_no_space
 
 
 def build_model(cfg: C.RunConfig, num_classes: int, **kw) -> torch.nn.Module:
@@ -97,22 +98,28 @@ def train(cfg: C.RunConfig, resume: bool = False, stop_after: int | None = None)
 def main(argv: list[str] | None = None) -> int:
     args = C.build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     try:
-        if args.resume:
-            cfg = R.resume_config(args)
-        else:
-            cfg = C.build(args)
-            R.prepare_new(cfg, args.overwrite)
-        result = train(cfg, resume=bool(args.resume), stop_after=args.stop_after_epochs)
+        cfg = R.resume_config(args) if args.resume else C.build(args)
+        with R.RunLock(cfg.out):  # one process writes a run folder at a time
+            if not args.resume:
+                R.prepare_new(cfg, args.overwrite)
+            result = train(cfg, resume=bool(args.resume), stop_after=args.stop_after_epochs)
+            if result is not None:
+                with R.writing(Path(cfg.out) / "results.json", "free space there and run it again"):
+                    R.write_json(Path(cfg.out) / "results.json", result)
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     except (RunError, ValueError, WeightsUnavailable) as e:  # bad input: messages name the fix
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk where no run file is written (the image cache's metadata, TensorBoard)
+        if not is_no_space(e):
+            raise
+        print(f"error: no space left on device ({e.filename or 'writing'}); free space there", file=sys.stderr)
+        return 2
     if result is None:
         return 0
     out = Path(cfg.out)
-    R.write_json(out / "results.json", result)
     sel = (f"best test {result['acc_best_test']:.2f}% at epoch {result['acc_best_test_epoch']} (test-selected)"
            if result["protocol"] == "paper" else
            f"last-epoch val accuracy {result['acc_val_last']:.2f}% (the selection score)")

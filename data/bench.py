@@ -16,7 +16,6 @@ The first decode is reported separately; epochs never decode.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import platform
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from util.cli import ArgumentParser
 
 
 def _cpu_name() -> str:
@@ -51,7 +52,7 @@ def _time_epochs(loader, epochs: int, sync=None) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data.bench", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m data.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--n", type=int, default=1000, help="images in the benchmark split")
     ap.add_argument("--epochs", type=int, default=3)

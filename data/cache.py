@@ -20,6 +20,7 @@ else ``~/.cache/vit_peft`` (never a hidden relative path).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -28,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from util.files import mkstemp_near, write_text_atomic
+from util.files import is_no_space, mkstemp_near, remove_stale_temps, write_text_atomic
+
+from .errors import DataError
 
 ENV_VAR = "VIT_PEFT_CACHE"
 CACHE_VERSION = 2  # 2: the JSON records ``npy_bytes`` and is replaced by commit_entry (1-entries are rebuilt)
@@ -51,6 +54,18 @@ def key_digest(material: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+def _reserve(path: Path) -> None:
+    """Allocate every block of ``path`` now (where the OS can), so that a full disk is an error here."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: written as before
+                raise
+
+
 def write_json_atomic(final: Path, obj: Any) -> None:
     write_text_atomic(final, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
@@ -58,14 +73,29 @@ def write_json_atomic(final: Path, obj: Any) -> None:
 class ArrayWriter:
     """Fill a (N, 3, H, W) uint8 ``.npy`` in a temp file; ``commit`` moves it into place.
 
+    The file's blocks are reserved up front (``posix_fallocate``): a memory-mapped array on a full disk would
+    otherwise fail page by page with SIGBUS, killing the process without a word. A disk too small is one
+    :class:`DataError` naming the folder and the size, with the temp file removed; temp files a killed earlier
+    build left behind are removed first (``util.files.remove_stale_temps``).
     Use as a context manager: leaving the block with an exception deletes the temp file.
     """
 
     def __init__(self, final: Path, shape: tuple[int, ...]):
         self.final = final
+        remove_stale_temps(final)
         self.tmp = mkstemp_near(final)
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
         self._done = False
+        try:
+            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=shape)
+            _reserve(self.tmp)
+        except OSError as e:
+            self.abort()
+            if is_no_space(e):
+                need = int(np.prod(shape)) / 2**30
+                raise DataError(f"{final.parent}: no space left on device for the decoded images ({need:.2f} GiB, "
+                                f"{final.name}); free space there or point --cache-dir (VIT_PEFT_CACHE) at another "
+                                "disk") from None
+            raise
 
     def commit(self) -> None:
         self.array.flush()

@@ -21,7 +21,6 @@ moved into place.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from util import files
+from util.cli import ArgumentParser
 
 from .errors import DataError, cli_main
 from .tasks import DEMO_NUM_CLASSES, DEMO_TASKS, resolve_task
@@ -189,7 +189,7 @@ def make_demo(root: str | os.PathLike, task: str = "demo", n_train: int = 800, n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data.demo", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m data.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("root", help="folder to create <root>/<task>/ in")
     ap.add_argument("--task", action="append", choices=DEMO_TASKS, help="task(s); default: all")
     ap.add_argument("--n-train", type=int, default=800)

@@ -34,7 +34,6 @@ originals) are never overwritten unless ``--force`` is given.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from util import files
+from util.cli import ArgumentParser
 
 from . import cache as _cache
 from .errors import DataError, cli_main
@@ -257,7 +257,7 @@ def write_splits(dataset: str, root: str | Path, seed: int = 0, val_size: int | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data.fgvc_splits", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m data.fgvc_splits", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", help=f"one of {', '.join(FGVC_DATASETS)} (or an alias)")
     ap.add_argument("root", help="the extracted dataset folder (e.g. .../CUB_200_2011)")
     ap.add_argument("--seed", type=int, default=0)

@@ -32,7 +32,6 @@ concatenation; test = VTAB's test split.  See :data:`TFDS_TASKS`.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -47,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from util import files
+from util.cli import ArgumentParser
 
 from . import cache as _cache
 from .errors import DataError, cli_main
@@ -441,7 +441,7 @@ def convert_from_tfds(task: str, out_root: str | os.PathLike, fmt: str = "jpg", 
 # CLI
 # ============================================================================================
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data.prepare_vtab", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m data.prepare_vtab", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", metavar="ROOT", help="verify an existing NOAH tree and print a per-task table")
     ap.add_argument("--tasks", nargs="+", help="tasks to check / convert (any alias; default: all 19)")
     ap.add_argument("--task", help="task to convert (same as --tasks with one name)")

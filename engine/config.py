@@ -18,6 +18,8 @@ from typing import Any, Callable
 import yaml
 
 from data.tasks import PROTOCOLS
+from util.cli import ArgumentParser
+from util.files import read_yaml
 
 from .errors import RunError
 
@@ -196,7 +198,7 @@ def flag_name(name: str) -> str:
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """train.py's flags: one per option (``--batch-size`` for ``batch_size``), plus --config/--resume/--overwrite.
     Options not given are absent from the namespace, so a config file's values are not overridden by defaults."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
     for name, f in FIELDS.items():
         kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} [default: {_default(name)}]")
         parse = _parser_of(name)
@@ -218,11 +220,13 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 def load_yaml(path: str | Path) -> dict:
     """A flat ``--config`` file as a mapping of option -> value, each converted as its flag would be."""
     try:
-        cfg = yaml.safe_load(Path(path).read_text()) or {}
+        cfg = read_yaml(path) or {}
     except FileNotFoundError:
         raise RunError(f"--config {path}: file not found") from None
-    except yaml.YAMLError as e:
-        raise RunError(f"--config {path}: not valid YAML ({e})") from None
+    except IsADirectoryError:
+        raise RunError(f"--config {path}: is a folder; give a YAML file of option: value lines") from None
+    except ValueError as e:  # one line: file, line, column, problem
+        raise RunError(f"--config {e}; fix the file (one option: value per line)") from None
     if not isinstance(cfg, dict):
         raise RunError(f"--config {path}: expected a mapping of option: value")
     unknown = sorted(set(cfg) - set(OPTIONS))

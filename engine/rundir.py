@@ -5,15 +5,22 @@
     <out>/adapter.safetensors  the trained tensors alone (what eval.py loads)
     <out>/results.json         written once, at the end: the run's numbers and provenance
     <out>/tb/                  TensorBoard events (points of an epoch are written after its checkpoint)
+    <out>/.lock                held (flock) by the process writing the run: a second run into the folder is refused
 
 Every file is written atomically (``util.files``): a killed run leaves the previous complete checkpoint, and
-``--resume`` continues bit-identically on the CPU because the RNG states are part of it.
+``--resume`` continues bit-identically on the CPU because the RNG states are part of it. A checkpoint carries the
+SHA-256 of its content, so a damaged one is reported, not loaded. A full disk stops the run with one line naming
+the folder; what was saved before stays whole.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
+import io
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -23,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from util.files import atomic_write, write_text_atomic
+from util.files import atomic_write, is_no_space, write_text_atomic
 
 from . import config as C
 from .errors import RunError
 from .loop import peak_lr
 
-__all__ = ["RUN_FILES", "write_json", "prepare_new", "resume_config", "write_config", "save_checkpoint",
+__all__ = ["RUN_FILES", "RunLock", "write_json", "prepare_new", "resume_config", "write_config", "save_checkpoint", "read_checkpoint",
            "load_checkpoint", "save_adapter", "trainable_state", "seed_everything", "rng_state", "set_rng_state",
            "results_record", "tensorboard", "git_commit", "versions"]
 
@@ -38,6 +45,65 @@ RUN_FILES = ("results.json", "train_state.pt", "adapter.safetensors", "config.js
 
 def write_json(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def writing(path: Path, then: str):
+    """Writes of a run file: a full disk (or any OSError) becomes one RunError naming the file and the folder, and
+    ``then``, what to do next. ``util.files`` has already removed the temporary file; the previous version stays."""
+    try:
+        yield
+    except OSError as e:
+        why = "no space left on device" if is_no_space(e) else (e.strerror or str(e))
+        raise RunError(f"--out {path.parent}: {why} while writing {path.name}; {then}") from None
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a process writes a run there: ``<out>/.lock`` (``fcntl.flock``, which
+    the OS releases when the process ends, however it ends), holding the owner's pid. A second run started into the
+    same folder gets one RunError naming that pid. On release a folder that holds nothing but the lock (the run
+    stopped on bad input before writing anything) is removed again, when the lock created it."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.path = self.out / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        created = not self.out.exists()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunError(f"--out {self.out}: cannot write there ({e.strerror or e}); choose a writable folder") \
+                from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunError(f"--out {self.out} is in use by another run (pid {holder}, {self.path}); wait for it to "
+                           "finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd, self.created = fd, created
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is None:
+            return
+        empty = [p.name for p in self.out.iterdir()] == [self.path.name]
+        if empty:
+            self.path.unlink(missing_ok=True)
+            if self.created:
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
+        else:
+            os.ftruncate(self.fd, 0)
+        os.close(self.fd)  # releases the lock
+        self.fd = None
 
 
 # ------------------------------------------------------------------------------------------- starting, resuming
@@ -58,13 +124,9 @@ def prepare_new(cfg: C.RunConfig, overwrite: bool) -> Path:
 
 
 def write_config(cfg: C.RunConfig) -> None:
-    """Create the run folder and write ``config.json``; an unwritable ``--out`` is one RunError."""
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", cfg.to_json())
-    except OSError as e:
-        raise RunError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+    """Write ``config.json`` into the (locked) run folder; a failed write is one RunError."""
+    with writing(Path(cfg.out) / "config.json", "free space there or choose another --out"):
+        write_json(Path(cfg.out) / "config.json", cfg.to_json())
 
 
 def resume_config(args: argparse.Namespace) -> C.RunConfig:
@@ -81,7 +143,11 @@ def resume_config(args: argparse.Namespace) -> C.RunConfig:
         raise RunError(f"--resume {out}: no checkpoint (train_state.pt) there; start a new run with --out")
     if (out / "results.json").exists():
         raise RunError(f"--resume {out}: the run already finished (results.json exists)")
-    cfg = C.from_json(json.loads((out / "config.json").read_text()))
+    try:
+        cfg = C.from_json(json.loads((out / "config.json").read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise RunError(f"--resume {out}: its config.json is missing or damaged ({type(e).__name__}); the run cannot "
+                       "continue: start it again with --out and --overwrite") from None
     cfg.out = str(out.resolve())  # the folder given, wherever the run was started or moved or copied to
     for key in C.WHERE:  # where the run's data, cache and device are on this machine: results do not depend on it
         if key in vars(args):
@@ -103,20 +169,58 @@ def save_adapter(path: Path, model: torch.nn.Module, meta: dict) -> None:
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata={k: str(v) for k, v in meta.items()}))
 
 
+CHECKPOINT_FORMAT = "vit_peft checkpoint 2"  # {"format", "sha256", "payload": torch.save bytes of the checkpoint}
+
+
 def save_checkpoint(cfg: C.RunConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
-    """``train_state.pt`` (trainable tensors, optimizer, RNG, loop state, config), then ``adapter.safetensors``."""
+    """``train_state.pt`` (trainable tensors, optimizer, RNG, loop state, config, with the SHA-256 of all of it),
+    then ``adapter.safetensors``."""
     out = Path(cfg.out)
     ckpt = {"trainable": trainable_state(model), "optimizer": opt.state_dict(), "rng": rng_state(), "state": state,
             "config": cfg.to_json()}
-    atomic_write(out / "train_state.pt", lambda p: torch.save(ckpt, p))
-    save_adapter(out / "adapter.safetensors", model, {"epoch": state["epoch"], "method": cfg.method})
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    payload = buf.getvalue()
+    sealed = {"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
+    then = f"free space there, then continue with python train.py --resume {out}"
+    with writing(out / "train_state.pt", then):
+        atomic_write(out / "train_state.pt", lambda p: torch.save(sealed, p))
+    with writing(out / "adapter.safetensors", then):
+        save_adapter(out / "adapter.safetensors", model, {"epoch": state["epoch"], "method": cfg.method})
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The checkpoint dict of ``path``, its checksum verified; a truncated, empty or altered file is one RunError."""
+    def corrupt(why: str) -> RunError:
+        return RunError(f"{path}: the checkpoint is corrupt ({why}) and cannot be resumed; start the run again with "
+                        f"python train.py --out {path.parent} --overwrite and the options of its config.json")
+
+    import pickle
+
+    try:
+        sealed = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a complete archive of other objects: a checkpoint from before the checksum
+        try:
+            legacy = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001
+            raise corrupt(f"unreadable: {type(e).__name__}") from None
+        if isinstance(legacy, dict) and {"trainable", "optimizer", "rng", "state"} <= set(legacy):
+            return legacy
+        raise corrupt("not a checkpoint of this train.py") from None
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a damaged archive
+        raise corrupt(f"unreadable: {type(e).__name__}") from None
+    if not isinstance(sealed, dict) or sealed.get("format") != CHECKPOINT_FORMAT:
+        raise corrupt("not a checkpoint of this train.py")
+    if hashlib.sha256(sealed["payload"]).hexdigest() != sealed["sha256"]:
+        raise corrupt("SHA-256 mismatch")
+    return torch.load(io.BytesIO(sealed["payload"]), map_location="cpu", weights_only=False)
 
 
 def load_checkpoint(cfg: C.RunConfig, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
     """Restore the trainable tensors, the optimizer and the RNG states of ``<out>/train_state.pt``; returns the loop
-    state. A checkpoint of another model (other names or shapes) is one RunError."""
+    state. A damaged checkpoint, or one of another model (other names or shapes), is one RunError."""
     path = Path(cfg.out) / "train_state.pt"
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(path)
     try:
         missing = model.load_state_dict(ckpt["trainable"], strict=False)
     except RuntimeError as e:  # same names, other shapes (e.g. another rank)

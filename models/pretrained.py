@@ -256,19 +256,33 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int, lis
 
 
 # ------------------------------------------------------------------------------------------------- state-dict files
+def _first_line(e: Exception) -> str:
+    """An exception's message on one line: its first line, or for torch's several-line ``weights_only`` text the
+    unpickler's own reason."""
+    text = str(e)
+    reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if reason:
+        return f"weights-only unpickler: {reason.group(1).strip()}"
+    return " ".join(text.strip().splitlines()[:1]).rstrip(". ") or type(e).__name__
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` / ``.pth`` file, unwrapped from a top-level ``{'model'|'state_dict': ...}``."""
     if str(path).lower().endswith(_SAFETENSORS):
         from safetensors.torch import load_file
 
-        sd = load_file(str(path), device="cpu")
+        try:
+            sd = load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors' own error type (a header too small, too large, not JSON ...)
+            raise ValueError(f"{path} is not a readable .safetensors file ({_first_line(e)}); the file is damaged "
+                             "or not safetensors: download or save it again") from None
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{path} could not be read as a PyTorch state dict with weights_only=True "
-                             f"({type(e).__name__}: {e}); save just the tensors (torch.save(model.state_dict(), ...) "
-                             f"or safetensors)") from e
+            raise ValueError(f"{path} could not be read as a PyTorch state dict of tensors ({type(e).__name__}: "
+                             f"{_first_line(e)}); if the file is complete, save just the tensors "
+                             "(torch.save(model.state_dict(), ...) or safetensors)") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
@@ -394,6 +408,9 @@ def load_pretrained(model: VisionTransformer, source: str, arch: str) -> dict:
     if not looks_like_file:
         return _load_timm(model, source, arch)
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise ValueError(f"pretrained weights {source} is a folder; give a weight file in it (.npz, .safetensors or "
+                         f".pth) or a timm name (docs/benchmarks.md §5)")
     if not path.is_file():
         raise ValueError(_missing_file_message(source, arch))
     path = path.resolve()

@@ -9,7 +9,6 @@ package's job when train.py loads a split.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -19,6 +18,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.tasks import PROTOCOLS, split_files  # noqa: E402  (plain Python: no torch)
+from util.cli import ArgumentParser  # noqa: E402
 
 __all__ = ["check_data", "check_weights", "main"]
 
@@ -99,7 +99,7 @@ def check_weights(weights: str) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Check data and weights before a sweep.")
+    ap = ArgumentParser(description="Check data and weights before a sweep.")
     ap.add_argument("--benchmark", choices=("vtab", "fgvc"), required=True)
     ap.add_argument("--root", required=True)
     ap.add_argument("--weights", default="none")

@@ -13,7 +13,6 @@ inference speed. Under ``--compile`` each task compiles its training step once p
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce import taskcfg  # noqa: E402
+from util.cli import ArgumentParser  # noqa: E402
 from util.files import write_text_atomic  # noqa: E402
 
 __all__ = ["TRAIN_IMAGES", "config_variant", "projection", "target_verdicts", "main"]
@@ -110,7 +110,7 @@ def target_verdicts(rows: dict, config_row: str | None = None, proj: dict | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Project a sweep's wall time and judge the targets from bench.py runs.")
+    ap = ArgumentParser(description="Project a sweep's wall time and judge the targets from bench.py runs.")
     ap.add_argument("bench", nargs="*", help="bench.py --json files of one device: the first is judged against the "
                                              "targets; all provide the config row's speed by batch size")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="the sweep config projected (default %(default)s)")

@@ -50,6 +50,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce import taskcfg  # noqa: E402
+from util.cli import ArgumentParser  # noqa: E402
 from util.files import write_text_atomic  # noqa: E402
 
 __all__ = ["trial_name", "grid_points", "val_score", "choose", "rewrite_config", "main"]
@@ -287,7 +288,7 @@ def default_backbone(spec: dict) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ.get
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="reproduce/configs/hta_vtab.yaml")
     ap.add_argument("--tasks", nargs="*", help="subset (default: every task of the config)")

@@ -23,7 +23,6 @@ Every value under ``defaults`` and ``tasks`` carries a ``# source:`` comment (``
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import re
 import sys
@@ -35,7 +34,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reproduce import tasks as K  # noqa: E402
-from util.files import write_text_atomic  # noqa: E402
+from util.cli import ArgumentParser  # noqa: E402
+from util.files import read_yaml, write_text_atomic  # noqa: E402
 
 __all__ = ["TOP_LEVEL", "REQUIRED", "SELECTIONS", "SWEEP_KNOBS", "ConfigError", "load", "resolve", "select",
            "canonical", "validate", "undocumented", "searched_tasks", "dump", "write_task_config", "main"]
@@ -54,14 +54,11 @@ def load(path: str | Path) -> dict:
     """Read and structurally check a sweep config (not the option names: see ``validate``)."""
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = read_yaml(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config") from None
-    except yaml.YAMLError as e:  # one line: where the YAML breaks, not the scanner's traceback
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where} ({problem}); fix the file or pass another config") from None
+    except ValueError as e:  # one line: where the YAML breaks, not the scanner's caret drawing
+        raise ConfigError(f"{e}; fix the file or pass another config") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read ({e})") from None
     if not isinstance(spec, dict):
@@ -220,7 +217,7 @@ def write_task_config(spec: dict, task: str, out: str | Path, source: str = "", 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Write the flat train.py config of one task of a sweep config.")
+    ap = ArgumentParser(description="Write the flat train.py config of one task of a sweep config.")
     ap.add_argument("config")
     ap.add_argument("task", nargs="?")
     ap.add_argument("--out", help="where to write the task's flat YAML (default: print it)")

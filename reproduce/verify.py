@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from reproduce import tables as T  # noqa: E402
 from reproduce import tasks as K  # noqa: E402
+from util.cli import ArgumentParser  # noqa: E402
 from util.files import write_text_atomic  # noqa: E402
 
 __all__ = ["backbone_id", "load_runs", "TaskResult", "collect", "Row", "Report", "build_report", "render_text",
@@ -214,13 +215,14 @@ class Report:
     notes: list[str]
     missing: list[str]
     has_val_last: bool = False
+    other_method: list[str] = field(default_factory=list)  # tasks with runs of a method the config does not train
 
     @property
     def out_of_tolerance(self) -> list[Row]:
         return [r for r in self.rows if r.flag == "OUT"]
 
     def strict_ok(self) -> bool:
-        return not self.out_of_tolerance and not self.missing
+        return not self.out_of_tolerance and not self.missing and not self.other_method
 
 
 def _flag(diff: float | None, tol: float) -> str:
@@ -422,7 +424,7 @@ def _markdown_problem(path: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("runs", help="sweep folder: every results.json below it is read")
     ap.add_argument("--config", help="reproduce/configs/<name>.yaml (default: the one named like the folder)")
@@ -465,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     runs, problems = load_runs(root)
     foreign = sorted({r["dataset"] for r in runs} - set(tasks))
     runs = [r for r in runs if r["dataset"] in tasks]
+    other_method = {}  # task -> methods of its runs that are not the config's (e.g. LoRA runs in an HTA folder)
+    for task in tasks:
+        expected = taskcfg.resolve(spec, task).get("method")
+        found = sorted({str(r.get("method")) for r in runs if r["dataset"] == task} - {str(expected)})
+        if found:
+            other_method[task] = (found, expected)
     bbs = sorted({str(backbone_id(r.get("arch"), (r.get("pretrained") or {}).get("source"))) for r in runs})
     if len(bbs) > 1:
         print(f"error: {root} mixes backbones {bbs}; verify one sweep at a time", file=sys.stderr)
@@ -480,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     methods = sorted({str(r.get("method")) for r in runs})
     title = (f"{cfg_path.stem}: {len(runs)} run(s) in {root} — method {', '.join(methods) or '—'}, arch "
              f"{', '.join(archs) or '—'}, weights {', '.join(weights) or '—'}")
+    notes += [f"WARNING: {task}: runs of method {', '.join(found)} among the results, but {cfg_path.name} trains "
+              f"{expected}: they are averaged into this table against the {expected} rows; move them out of {root} "
+              "(--strict fails)" for task, (found, expected) in other_method.items()]
     report = build_report(collect(runs), refs, tasks, args.tolerance, title=title, backbone=run_bb, notes=notes)
+    report.other_method = list(other_method)
     if bb != run_bb and run_bb is not None:
         report.notes.append(f"Compared with {bb} rows (--backbone).")
     sys.stdout.write(render_text(report))
@@ -494,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"markdown: {args.markdown}")
     if args.strict and not report.strict_ok():
         print(f"strict: {len(report.out_of_tolerance)} row(s) out of tolerance, {len(report.missing)} task(s) "
-              "missing", file=sys.stderr)
+              f"missing, {len(report.other_method)} task(s) with runs of another method", file=sys.stderr)
         return 1
     return 0
 

@@ -16,6 +16,7 @@ from PIL import Image
 from engine import config as C
 from engine import loop as L
 from engine.data import build_data
+from engine.rundir import read_checkpoint
 from reproduce import search, taskcfg
 # train.main in-process (output captured, exit code checked) and the tiny-run flags; ``cache`` is in conftest.py
 from test_train import FAST, ROOT, run
@@ -50,7 +51,7 @@ def test_clean_protocol_reports_the_last_epoch_when_val_peaks_earlier(cache, tmp
     assert res["acc_best_test"] is None and not [k for k in res if "selected" in k or "best_val" in k]
     assert search.val_score(res) == 70.0
     assert "last-epoch val accuracy 70.00%" in stdout
-    ckpt = torch.load(out / "train_state.pt", map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(out / "train_state.pt")
     assert "best_val" not in ckpt["state"]  # no best-epoch weights are kept
 
 

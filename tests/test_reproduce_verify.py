@@ -262,3 +262,21 @@ def test_partial_reference_rows_and_backbones(tmp_path, capsys):
 ])
 def test_backbone_id(arch, source, expected):
     assert verify.backbone_id(arch, source) == expected
+
+
+def test_runs_of_another_method_are_named_per_task_and_fail_strict(hta_sweep, capsys):
+    # LoRA runs dropped into an HTA sweep folder are not HTA's numbers: a warning names each such task, and
+    # --strict fails even when every row is within tolerance
+    root, paper = hta_sweep
+    for t in K.VTAB_TASKS:  # every row within tolerance, so only the method check can fail --strict
+        _write(root, _result(t, paper[t]))
+    lora = {**_result("dtd", paper["dtd"], seed=7), "method": "lora", "method_args": {"rank": 8}}
+    _write(root, lora)
+    assert verify.main([str(root)]) == 0
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if "runs of method" in line]
+    assert len(warnings) == 1 and "dtd: runs of method lora" in warnings[0] and "trains hta" in warnings[0]
+    assert verify.main([str(root), "--strict"]) == 1
+    assert "1 task(s) with runs of another method" in capsys.readouterr().err
+    (root / "dtd" / "seed7" / "results.json").unlink()
+    assert verify.main([str(root), "--strict"]) == 0

@@ -36,7 +36,10 @@ def run(args, cache, expect=0) -> Ran:
     os.environ["VIT_PEFT_CACHE"] = str(cache)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = T.main([str(a) for a in args])
+            try:
+                code = T.main([str(a) for a in args])
+            except SystemExit as e:  # a usage error: argparse exits from parse_args
+                code = e.code
     finally:
         if old is None:
             os.environ.pop("VIT_PEFT_CACHE", None)
