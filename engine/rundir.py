@@ -37,8 +37,8 @@ from .errors import RunError
 from .loop import peak_lr
 
 __all__ = ["RUN_FILES", "RunLock", "write_json", "prepare_new", "resume_config", "write_config", "save_checkpoint",
-           "read_checkpoint", "load_checkpoint", "save_adapter", "trainable_state", "seed_everything", "rng_state", "set_rng_state",
-           "results_record", "tensorboard", "git_commit", "versions"]
+           "read_checkpoint", "load_checkpoint", "save_adapter", "trainable_state", "seed_everything", "rng_state",
+           "set_rng_state", "results_record", "tensorboard", "git_commit", "versions"]
 
 RUN_FILES = ("results.json", "train_state.pt", "adapter.safetensors", "config.json")
 
