@@ -258,8 +258,8 @@ def bench_eval_loop(model, args, device) -> float:
                        img_size=size)
     loader = data.Loader(split, args.eval_batch_size, device=device)
     merged = C.RunConfig().eval_merged
-    seconds = _seconds_per_call(lambda: evaluate(eval_network(model, merged), loader, device, args.precision), device,
-                                1, max(1, min(args.steps, 3)))
+    seconds = _seconds_per_call(lambda: evaluate(eval_network(model, merged), loader, device, args.precision,
+                                                 report=False), device, 1, max(1, min(args.steps, 3)))
     return n / seconds
 
 
@@ -268,35 +268,51 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
 
 
+# Defaults by device type: a GPU run times enough steps to be stable; a CPU run (device-independent columns, a
+# smoke test) finishes in a couple of minutes with the ViT-B/16 shapes.
+DEVICE_DEFAULTS = {"cuda": {"batch_size": 64, "eval_batch_size": 256, "steps": 20, "warmup": 5, "precision": "bf16"},
+                   "cpu": {"batch_size": 2, "eval_batch_size": 8, "steps": 1, "warmup": 1, "eval_loop_images": 32,
+                           "precision": "fp32"}}  # bf16 on a CPU without bf16 units is emulated: slower, not faster
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     import data
 
+    mean_test = round(sum(data.VTAB_TEST_SIZES.values()) / len(data.VTAB_TEST_SIZES))
+
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="vit_base_patch16_224")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--eval-batch-size", type=int, default=256)
-    p.add_argument("--num-classes", type=int, default=100)
-    p.add_argument("--precision", choices=C.CHOICES["precision"], default="bf16")
+    p.add_argument("--arch", default="vit_base_patch16_224", help="architecture (models.ARCHS) [default: %(default)s]")
+    p.add_argument("--img-size", type=int, default=224, help="input resolution [default: %(default)s]")
+    p.add_argument("--batch-size", type=int, help="training batch size [default: 64 on CUDA, 2 on the CPU]")
+    p.add_argument("--eval-batch-size", type=int, help="inference batch size [default: 256 on CUDA, 8 on the CPU]")
+    p.add_argument("--num-classes", type=int, default=100, help="classes of the random head [default: %(default)s]")
+    p.add_argument("--precision", choices=C.CHOICES["precision"],
+                   help="bf16 autocast or fp32 [default: bf16 on CUDA, fp32 on the CPU]")
     p.add_argument("--methods", default="arc,arc_att,hta,lora,lora:targets=q,k,v,proj,fc1,fc2,snell",
                    help="comma-separated rows, each METHOD[:KEY=VALUE...] (e.g. hta:impl=lowrank, "
-                        "lora:targets=q,k,v,proj,fc1,fc2); floor and full are always measured first")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per row")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps per row")
-    p.add_argument("--json", help="write all numbers here")
+                        "lora:targets=q,k,v,proj,fc1,fc2); floor and full are always measured first "
+                        "[default: %(default)s]")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda | cpu [default: cuda when available]")
+    p.add_argument("--steps", type=int, help="timed steps per row [default: 20 on CUDA, 1 on the CPU]")
+    p.add_argument("--warmup", type=int, help="untimed steps per row [default: 5 on CUDA, 1 on the CPU]")
+    p.add_argument("--json", help="write all numbers here (rewritten after each row)")
     p.add_argument("--compile", choices=C.CHOICES["compile"], default="none",
-                   help="torch.compile every row's model (training and inference) in this mode")
+                   help="torch.compile every row's model (training and inference) in this mode [default: none]")
     p.add_argument("--train-only", action="store_true", help="skip the inference rows (e.g. to keep a --compile run "
                                                                "short: each inference model compiles again)")
     p.add_argument("--eval-loop", metavar="ROW", help="the row whose evaluation loop is timed as train.py runs it "
                                                        "(default: the first of --methods; none: no row)")
     p.add_argument("--eval-loop-images", type=int,
-                   default=round(sum(data.VTAB_TEST_SIZES.values()) / len(data.VTAB_TEST_SIZES)),
-                   help="images per timed evaluation loop (default: the mean VTAB-1k test split)")
+                   help="images per timed evaluation loop [default on CUDA: the mean VTAB-1k test split, "
+                        f"{mean_test:,}; on the CPU: 32]")
     p.add_argument("--profile", default="", help="comma-separated rows to profile for 3 more training steps "
                                                    "(host vs device time per step, top ops), e.g. arc,snell")
     args = p.parse_args(argv)
+    kind = "cpu" if torch.device(args.device).type == "cpu" else "cuda"
+    for name, value in {"eval_loop_images": mean_test, **DEVICE_DEFAULTS[kind]}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.rows = [*REFERENCE_ROWS, *split_variants(args.methods)]
     for name in args.rows[len(REFERENCE_ROWS):]:
         method, _ = parse_variant(name)
@@ -375,7 +391,8 @@ def print_report(report: dict) -> None:
               f"{cell(r, 'peak_mem_gib', '.2f'):>9}{r['x_floor']:>8.2f}{r['x_full']:>7.2f}"
               f"{cell(r, 'eval_img_per_s', '.0f'):>12}{cell(r, 'eval_x_plain', '.2f'):>8}"
               f"{cell(r, 'merged_img_per_s', '.0f'):>9}{cell(r, 'merged_x_plain', '.2f'):>8}"
-              f"{cell(r, 'ops_per_step', ','):>9}{cell(r, 'saved_mib', '.1f'):>10}{cell(r, 'saved_mib_per_sample', '.1f'):>8}")
+              f"{cell(r, 'ops_per_step', ','):>9}{cell(r, 'saved_mib', '.1f'):>10}"
+              f"{cell(r, 'saved_mib_per_sample', '.1f'):>8}")
     for name, r in rows.items():
         if "eval_loop_img_per_s" in r:
             print(f"\nevaluation loop as train.py runs it (row {name}, {args.eval_loop_images:,} cached images, "

@@ -1,6 +1,7 @@
-"""Evaluate a finished run, or a checkpoint saved by the official ARC / SNELL code.
+"""Evaluate a finished run, a portable adapter file, or a checkpoint saved by the official ARC / SNELL code.
 
-    python eval.py --run runs/cifar_hta_... [--split test] [--merge]
+    python eval.py --run runs/cifar_hta_... [--split test] [--merge] [--export-timm cifar_hta_timm.safetensors]
+    python eval.py --adapter cifar_hta.safetensors --data-root ~/data/vtab-1k     # the file alone
     python eval.py --checkpoint arc_cub.pth --format arc --dataset cub --data-root ...
     python eval.py --checkpoint snell_cub.pth --format snell --sparsity 0.3 --dataset cub --data-root ...
 
@@ -8,8 +9,11 @@
 (flags that contradict it are refused); SNELL's sparsity is not stored in it and must be given.
 
 ``--run`` rebuilds the model from the run's config.json (same arch, backbone weights and method arguments), loads the
-trained tensors from adapter.safetensors and reports top-1. ``--merge`` also folds the method into a plain ViT
-(``models.merge``) and evaluates that; the two accuracies must agree within 0.01 pt (exit 1 otherwise).
+trained tensors from adapter.safetensors and reports top-1. ``--adapter`` needs only the adapter file: its metadata
+names the architecture, method, arguments, backbone and dataset (``models.load_adapter``). ``--merge`` also folds
+the method into a plain ViT (``models.merge``) and evaluates that; the two accuracies must agree within 0.01 pt
+(exit 1 otherwise). ``--export-timm FILE`` writes the merged model as a state dict timm's own VisionTransformer
+loads (``models.export_timm``).
 """
 from __future__ import annotations
 
@@ -24,15 +28,15 @@ from engine import config as C
 from engine.data import eval_loader
 from engine.errors import RunError
 from engine.loop import evaluate
-from engine.rundir import seed_everything
+from models.portable import build_trained, read_adapter
 from models.pretrained import WeightsUnavailable
 from util.cli import ArgumentParser
+from util.files import atomic_write
 
 
 def model_from_run(run: Path, device: str):
-    """Rebuild the trained model of a run directory (config.json + adapter.safetensors)."""
-    from safetensors.torch import load_file
-
+    """Rebuild the trained model of a run directory (config.json + adapter.safetensors), checking that the backbone
+    weights loaded now are the ones the run recorded in results.json."""
     for name in ("config.json", "adapter.safetensors"):
         if not (run / name).exists():
             raise RunError(f"--run {run}: {name} is missing (is this a train.py output directory?)")
@@ -41,35 +45,28 @@ def model_from_run(run: Path, device: str):
     except (ValueError, TypeError) as e:
         raise RunError(f"--run {run}: config.json is damaged ({type(e).__name__}); it cannot be rebuilt") from None
     cfg.device = device
-    try:
-        tensors = load_file(str(run / "adapter.safetensors"))
-    except Exception as e:  # noqa: BLE001 - safetensors' own error type
-        raise RunError(f"{run / 'adapter.safetensors'} is not a readable .safetensors file ({str(e).splitlines()[0]});"
-                       " the file is damaged: copy it again from where the run was trained, or train it again") \
-            from None
-    if "head.weight" not in tensors:
-        raise RunError(f"{run / 'adapter.safetensors'} holds no head.weight: not an adapter checkpoint")
-    num_classes = tensors["head.weight"].shape[0]
-    seed_everything(cfg.seed)  # as train.py: reproduces a randomly initialised (pretrained none) backbone
-    model = models.create_model(cfg.arch, cfg.method, num_classes=num_classes, pretrained=cfg.pretrained,
-                                img_size=cfg.img_size, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
-                                **cfg.method_args)
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(tensors) != expected:
-        raise RunError(f"{run / 'adapter.safetensors'} does not match method {cfg.method!r}: missing "
-                         f"{sorted(expected - set(tensors))[:3]}, unexpected {sorted(set(tensors) - expected)[:3]}")
+    tensors, _ = read_adapter(run / "adapter.safetensors")
     results = run / "results.json"
-    if results.exists():
-        recorded = json.loads(results.read_text()).get("pretrained") or {}
-        for key in ("sha256", "backbone_sha256"):  # the weight file's hash, else the loaded tensors' (any source)
-            want, got = recorded.get(key), model.pretrained_info.get(key)
-            if want and got:
-                if want != got:
-                    raise RunError(f"backbone weights {cfg.pretrained} ({key} {got[:12]}…) differ from "
-                                     f"those the run was trained with ({want[:12]}…)")
-                break
-    model.load_state_dict(tensors, strict=False)
+    hashes = (json.loads(results.read_text()).get("pretrained") or {}) if results.exists() else {}
+    model = build_trained(tensors, arch=cfg.arch, method=cfg.method, method_args=cfg.method_args,
+                          img_size=cfg.img_size, pretrained=cfg.pretrained, seed=cfg.seed, hashes=hashes,
+                          name=str(run / "adapter.safetensors"), drop_rate=cfg.drop_rate,
+                          drop_path_rate=cfg.drop_path_rate)
     return model.to(device), cfg
+
+
+def model_from_adapter(args) -> tuple[torch.nn.Module, C.RunConfig]:
+    """The model of a portable adapter file and what to evaluate it on: its dataset and normalisation unless
+    --dataset / --norm say otherwise."""
+    model = models.load_adapter(args.adapter, pretrained=args.pretrained, device=args.device)
+    meta = model.adapter_metadata
+    cfg = C.RunConfig(dataset=args.dataset or meta.get("dataset", ""), data_root=args.data_root,
+                      img_size=int(meta["img_size"]), norm=args.norm or meta.get("norm", "imagenet"),
+                      device=args.device, precision=args.precision or "fp32", eval_batch_size=args.batch_size,
+                      cache_dir=args.cache_dir)
+    if not cfg.dataset:
+        raise RunError(f"--adapter {args.adapter}: the file names no dataset; pass --dataset")
+    return model, cfg
 
 
 def model_from_official(args) -> tuple[torch.nn.Module, dict]:
@@ -120,34 +117,55 @@ def model_from_official(args) -> tuple[torch.nn.Module, dict]:
     model.load_state_dict(ours, strict=True)
     print(f"{path}: official {method} checkpoint, {found['arch']} at {found['img_size']} px, "
           + ", ".join(f"{k} {v}" for k, v in kw.items()))
-    cfg = C.RunConfig(dataset=args.dataset, data_root=args.data_root, img_size=found["img_size"], norm=args.norm,
+    cfg = C.RunConfig(dataset=args.dataset, data_root=args.data_root, img_size=found["img_size"],
+                      norm=args.norm or "imagenet",
                       device=args.device, precision=args.precision or "fp32", eval_batch_size=args.batch_size,
                       cache_dir=args.cache_dir)
     return model.to(args.device), cfg
+
+
+def export(model: torch.nn.Module, path: Path) -> None:
+    """The merged model as timm's state dict (``models.export_timm``), written atomically, and how to load it."""
+    from safetensors.torch import save_file
+
+    state = models.export_timm(model)
+    atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in state.items()}, str(p)))
+    kw = models.timm_config(model)
+    print(f"timm export: {path} ({len(state)} tensors); load with timm.models.vision_transformer.VisionTransformer("
+          + ", ".join(f"{k}={v!r}" for k, v in kw.items()) + ").load_state_dict(safetensors.torch.load_file(...))")
 
 
 def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a train.py output directory")
+    src.add_argument("--adapter", help="a portable adapter file (a run's adapter.safetensors, alone)")
     src.add_argument("--checkpoint", help="a state dict saved by the official ARC or SNELL code")
-    p.add_argument("--split", default="test", help="split to evaluate (VTAB: test/val200/…, FGVC: test/val)")
+    p.add_argument("--split", default="test", help="split to evaluate (VTAB: test/val200/…, FGVC: test/val) "
+                                                   "[default: test]")
     p.add_argument("--merge", action="store_true", help="also evaluate the merged plain ViT and compare")
-    p.add_argument("--data-root", help="override the run's data root")
-    p.add_argument("--cache-dir")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the run's")
+    p.add_argument("--export-timm", metavar="FILE", help="write the merged model as a timm VisionTransformer state "
+                                                         "dict (.safetensors) and print how to load it")
+    p.add_argument("--data-root", help="where the dataset is (default: the run's; --adapter, --checkpoint: needed "
+                                       "except for the generated demo tasks)")
+    p.add_argument("--cache-dir", help="decoded-image cache (default $VIT_PEFT_CACHE or ~/.cache/vit_peft)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda | cpu [default: cuda when available]")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: the run's (else fp32)")
+    p.add_argument("--pretrained", help="--adapter: where the backbone weights are (default: the source named in "
+                                        "the file; a copy must have the same SHA-256)")
     p.add_argument("--format", choices=("arc", "snell"), help="--checkpoint: which official code saved it")
     p.add_argument("--variant", choices=("arc", "arc_att"), help="--format arc: the ARC variant (default: read "
                                                                    "from the checkpoint)")
     p.add_argument("--rank", type=int, help="--format snell: low_rank_dim (default: read from the checkpoint)")
     p.add_argument("--sparsity", type=float, help="--format snell: init_thres, required (not stored in a checkpoint)")
     p.add_argument("--arch", help="--checkpoint: checked against the checkpoint's (default: read from it)")
-    p.add_argument("--dataset", help="--checkpoint: dataset to evaluate on")
+    p.add_argument("--dataset", help="--checkpoint: dataset to evaluate on; --adapter: default the file's")
     p.add_argument("--img-size", type=int, help="--checkpoint: checked against the checkpoint's (default: read "
                                                 "from it)")
-    p.add_argument("--norm", choices=("imagenet", "half"), default="imagenet")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--norm", choices=("imagenet", "half"), default=None,
+                   help="input normalisation (default: the run's or the adapter's; --checkpoint: imagenet)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size [default: 256]")
     args = p.parse_args(argv)
     try:
         if args.run:
@@ -156,6 +174,8 @@ def main(argv=None) -> int:
                 cfg.data_root = args.data_root
             if args.cache_dir:
                 cfg.cache_dir = args.cache_dir
+        elif args.adapter:
+            model, cfg = model_from_adapter(args)
         else:
             if not args.format or not args.dataset:
                 raise RunError("--checkpoint needs --format arc|snell and --dataset")
@@ -181,6 +201,8 @@ def main(argv=None) -> int:
             if abs(acc_m - acc) > 0.01:
                 print("error: merged and unmerged accuracies differ by more than 0.01 pt", file=sys.stderr)
                 return 1
+        if args.export_timm:
+            export(model, Path(args.export_timm))
     except (RunError, ValueError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     args = C.build_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     try:
         cfg = R.resume_config(args) if args.resume else C.build(args)
+        note = None if args.resume else C.generic_defaults_note(cfg, from_file=bool(args.config))
+        if note:
+            print(note, file=sys.stderr)
         with R.RunLock(cfg.out):  # one process writes a run folder at a time
             if not args.resume:
                 R.prepare_new(cfg, args.overwrite)

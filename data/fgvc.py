@@ -214,7 +214,7 @@ def load_fgvc_split(dataset: str, root: str | Path | None, split: str, img_size:
         cache_dir=_cache.resolve_cache_dir(cache_dir), benchmark="fgvc", dataset=canonical, stem=stem,
         key_material=material, paths=paths, labels=labels, size=R,
         fn=lambda im: resize_short_center_square(im, R, interpolation), use_cache=use_cache,
-        num_workers=num_workers, describe=describe, verbose=verbose)
+        num_workers=num_workers, describe=describe, verbose=verbose, label=f"{canonical} {split}")
     split_info = read_split_info(ds_dir)
     info: dict[str, Any] = {
         "benchmark": "fgvc", "dataset": canonical, "split": split, "root": str(ds_dir),

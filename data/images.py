@@ -7,10 +7,11 @@ counterpart, for a run that must match the official pipelines (``train.py --fgvc
 opened with PIL and transformed by torchvision as the papers' code does (torchvision's defaults where a paper names
 them):
 
-* ``resize_crop`` (ARC, docs/methods/arc.md §7.2): ``Resize(R)`` (shorter side, R = 256 for 224 px) → ``RandomCrop(S)`` →
-  ``RandomHorizontalFlip``;
-* ``rrc`` (HTA, docs/methods/hta.md §5.2; SNELL, docs/methods/snell.md §8.1): ``RandomResizedCrop(S, scale, ratio, interpolation)`` on the
-  original image → ``RandomHorizontalFlip`` → ``ColorJitter(c, c, c)`` when ``color_jitter`` c > 0 (timm's order);
+* ``resize_crop`` (ARC, docs/methods/arc.md §7.2): ``Resize(R)`` (shorter side, R = 256 for 224 px) →
+  ``RandomCrop(S)`` → ``RandomHorizontalFlip``;
+* ``rrc`` (HTA, docs/methods/hta.md §5.2; SNELL, docs/methods/snell.md §8.1):
+  ``RandomResizedCrop(S, scale, ratio, interpolation)`` on the original image → ``RandomHorizontalFlip`` →
+  ``ColorJitter(c, c, c)`` when ``color_jitter`` c > 0 (timm's order);
   SNELL's timm transform resamples bicubically (``Aug(interpolation="bicubic")``).
 
 It costs a JPEG decode per image per epoch, spread over ``num_workers`` processes. Every random draw of sample i in

@@ -50,6 +50,7 @@ from util.cli import ArgumentParser
 
 from . import cache as _cache
 from .errors import DataError, cli_main
+from .progress import progress
 from .tasks import VTAB_NUM_CLASSES, VTAB_SPLIT_SIZES, VTAB_SPLITS, VTAB_TASKS, VTAB_TEST_SIZES, resolve_task
 
 FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
@@ -84,10 +85,11 @@ def write_noah_task(root: str | os.PathLike, task: str, train800: Iterable[tuple
     """Write ``<root>/<task>/`` in the NOAH layout from (images, labels) pairs.
 
     Each split is an iterable of ``(uint8 image (H, W[, C]), label)`` pairs -- ``zip(images,
-    labels)`` for arrays, a generator for streams (dSprites' test split has 73,728 images).  train800val200 is written as the
-    concatenation train800 + val200 (files duplicated under ``images/train800val200/`` exactly
+    labels)`` for arrays, a generator for streams (dSprites' test split has 73,728 images).  train800val200 is
+    written as the concatenation train800 + val200 (files duplicated under ``images/train800val200/`` exactly
     as NOAH does).  Labels are range-checked against the class count of data/tasks.py.  Split files and
-    the manifest are written atomically, last.
+    the manifest are written atomically, last.  Each split reports on stderr (:func:`data.progress.progress`):
+    ``writing <task> <split>: N images into <folder> ...`` then ``wrote <task> <split>: N images in T s (R img/s)``.
     """
     bench, canonical = resolve_task(task)
     if bench != "vtab":
@@ -102,21 +104,28 @@ def write_noah_task(root: str | os.PathLike, task: str, train800: Iterable[tuple
     blobs_tv: list[bytes] = []
     labels_tv: list[int] = []
 
+    def stage(split: str, total: int | None):  # one progress report per split (data.progress)
+        return progress(total, f"writing {canonical} {split}", done=f"wrote {canonical} {split}",
+                        detail=f"into {task_dir / 'images' / split}")
+
     def emit(split: str, pairs: Iterable[tuple[np.ndarray, int]], keep: bool) -> None:
         d = task_dir / "images" / split
         d.mkdir(parents=True, exist_ok=True)
         out: list[str] = []
-        for i, (img, y) in enumerate(pairs):
-            y = int(y)
-            if not 0 <= y < C:
-                raise DataError(f"{canonical}/{split}[{i}]: label {y} out of range [0, {C})")
-            blob = encode_image(img, fmt, quality)
-            rel = f"images/{split}/{i:06d}.{ext}"
-            (task_dir / rel).write_bytes(blob)
-            out.append(f"{rel} {y}")
-            if keep:
-                blobs_tv.append(blob)
-                labels_tv.append(y)
+        want = VTAB_SPLIT_SIZES.get(split, VTAB_TEST_SIZES[canonical]) if strict_counts else None
+        with stage(split, len(pairs) if hasattr(pairs, "__len__") else want) as p:  # a generator has no len
+            for i, (img, y) in enumerate(pairs):
+                y = int(y)
+                if not 0 <= y < C:
+                    raise DataError(f"{canonical}/{split}[{i}]: label {y} out of range [0, {C})")
+                blob = encode_image(img, fmt, quality)
+                rel = f"images/{split}/{i:06d}.{ext}"
+                (task_dir / rel).write_bytes(blob)
+                out.append(f"{rel} {y}")
+                if keep:
+                    blobs_tv.append(blob)
+                    labels_tv.append(y)
+                p.update(1)
         lines[split] = out
 
     emit("train800", train800, keep=True)
@@ -125,10 +134,12 @@ def write_noah_task(root: str | os.PathLike, task: str, train800: Iterable[tuple
     d = task_dir / "images" / "train800val200"
     d.mkdir(parents=True, exist_ok=True)
     tv = []
-    for i, (blob, y) in enumerate(zip(blobs_tv, labels_tv)):
-        rel = f"images/train800val200/{i:06d}.{ext}"
-        (task_dir / rel).write_bytes(blob)
-        tv.append(f"{rel} {y}")
+    with stage("train800val200", len(blobs_tv)) as p:
+        for i, (blob, y) in enumerate(zip(blobs_tv, labels_tv)):
+            rel = f"images/train800val200/{i:06d}.{ext}"
+            (task_dir / rel).write_bytes(blob)
+            tv.append(f"{rel} {y}")
+            p.update(1)
     lines["train800val200"] = tv
     if strict_counts:
         for s, want in (*VTAB_SPLIT_SIZES.items(), ("test", VTAB_TEST_SIZES[canonical])):
@@ -197,51 +208,56 @@ def check_task(task_dir: Path, canonical: str, strict_counts: bool = True, decod
             rep.errors.append(f"{s}.txt has {n} lines, expected {want}")
     all_paths = [task_dir / r for s in parsed for r in parsed[s][0]]
     rep.format = image_format(all_paths)
-    bad = 0
-    hashes: dict[str, str] = {}  # relative path -> pixel hash: each file is decoded once (train800val200 = the others)
-    for s, (rels, _) in parsed.items():
-        for i, r in enumerate(rels):
-            p = task_dir / r
-            try:
-                if decode:
-                    if r not in hashes:
-                        hashes[r] = _pixel_hash(p)
-                elif not p.is_file():
-                    raise FileNotFoundError(p)
-            except Exception as e:  # missing / corrupt
-                bad += 1
-                if bad <= 5:
-                    what = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__})"
-                    rep.errors.append(f"{s}.txt:{i + 1}: {r} {what}")
-    if bad > 5:
-        rep.errors.append(f"... {bad} bad image files in total")
-    if "train800val200" in parsed:
-        rep.classes_tv = len(set(parsed["train800val200"][1]))
-        if rep.classes_tv != C:
-            rep.warnings.append(f"train800val200 covers {rep.classes_tv} of {C} classes")
-    if bad == 0 and all(s in parsed for s in ("train800", "val200", "train800val200")):
-        unreadable: list[str] = []
-
-        def multiset(split: str) -> Counter:  # decodes what the loop above did not (all under --quick); notes failures
-            rels, labs = parsed[split]
-            out = Counter()
-            for i, (r, y) in enumerate(zip(rels, labs)):
+    total = sum(len(rels) for rels, _ in parsed.values())
+    with progress(total, f"checking {canonical}", done=f"checked {canonical}", start_line=False) as bar:
+        # one line per task off a terminal; counts the listed image files (--quick: existence, then the union's
+        # decodes run after the count is full)
+        bad = 0
+        hashes: dict[str, str] = {}  # relative path -> pixel hash: each file is decoded once (train800val200 = others)
+        for s, (rels, _) in parsed.items():
+            for i, r in enumerate(rels):
+                p = task_dir / r
                 try:
-                    if r not in hashes:
-                        hashes[r] = _pixel_hash(task_dir / r)
-                    out[(hashes[r], y)] += 1
-                except Exception as e:  # noqa: BLE001 - a corrupt image is a finding of the check, not a crash
-                    unreadable.append(f"{split}.txt:{i + 1}: {r} unreadable ({type(e).__name__})")
-            return out
+                    if decode:
+                        if r not in hashes:
+                            hashes[r] = _pixel_hash(p)
+                    elif not p.is_file():
+                        raise FileNotFoundError(p)
+                except Exception as e:  # missing / corrupt
+                    bad += 1
+                    if bad <= 5:
+                        what = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({type(e).__name__})"
+                        rep.errors.append(f"{s}.txt:{i + 1}: {r} {what}")
+                bar.update(1)
+        if bad > 5:
+            rep.errors.append(f"... {bad} bad image files in total")
+        if "train800val200" in parsed:
+            rep.classes_tv = len(set(parsed["train800val200"][1]))
+            if rep.classes_tv != C:
+                rep.warnings.append(f"train800val200 covers {rep.classes_tv} of {C} classes")
+        if bad == 0 and all(s in parsed for s in ("train800", "val200", "train800val200")):
+            unreadable: list[str] = []
 
-        union = multiset("train800") + multiset("val200") == multiset("train800val200")
-        if unreadable:
-            rep.errors += unreadable[:5] + ([f"... {len(unreadable)} unreadable image files in total"]
-                                             if len(unreadable) > 5 else [])
-        else:
-            rep.union_ok = union
-            if not union:
-                rep.errors.append("train800val200 != train800 + val200 (pixel hashes and labels)")
+            def multiset(split: str) -> Counter:  # decodes what the loop above did not (all under --quick)
+                rels, labs = parsed[split]
+                out = Counter()
+                for i, (r, y) in enumerate(zip(rels, labs)):
+                    try:
+                        if r not in hashes:
+                            hashes[r] = _pixel_hash(task_dir / r)
+                        out[(hashes[r], y)] += 1
+                    except Exception as e:  # noqa: BLE001 - a corrupt image is a finding of the check, not a crash
+                        unreadable.append(f"{split}.txt:{i + 1}: {r} unreadable ({type(e).__name__})")
+                return out
+
+            union = multiset("train800") + multiset("val200") == multiset("train800val200")
+            if unreadable:
+                rep.errors += unreadable[:5] + ([f"... {len(unreadable)} unreadable image files in total"]
+                                                 if len(unreadable) > 5 else [])
+            else:
+                rep.union_ok = union
+                if not union:
+                    rep.errors.append("train800val200 != train800 + val200 (pixel hashes and labels)")
     manifest = task_dir / "manifest.json"
     if manifest.is_file():
         try:

@@ -164,7 +164,8 @@ def load_vtab_split(task: str, root: str | Path | None, split: str, img_size: in
     images, lab, cinfo = cached_decode(
         cache_dir=cache_root, benchmark=bench, dataset=canonical, stem=stem, key_material=material, paths=paths,
         labels=labels, size=int(img_size), fn=lambda im: resize_square(im, int(img_size), interpolation),
-        use_cache=use_cache, num_workers=num_workers, describe=describe, verbose=verbose)
+        use_cache=use_cache, num_workers=num_workers, describe=describe, verbose=verbose,
+        label=f"{canonical} {split}")
     info: dict[str, Any] = {
         "benchmark": bench, "dataset": canonical, "split": split, "root": str(task_dir),
         "split_files": [str(split_file)], "sha256": {split_file.name: sha}, "n": len(labels),

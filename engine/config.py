@@ -24,7 +24,7 @@ from util.files import read_yaml
 from .errors import RunError
 
 __all__ = ["RunConfig", "OPTIONS", "CHOICES", "WHERE", "build_parser", "build", "from_mapping", "from_json",
-           "load_yaml", "parse_method_args", "check_device", "flag_name", "ROOT"]
+           "load_yaml", "parse_method_args", "check_device", "flag_name", "generic_defaults_note", "ROOT"]
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: default run folders go to <ROOT>/runs
 
@@ -72,13 +72,14 @@ _WANTS = {parse_bool: "true or false", int: "a whole number", float: "a number",
 # ----------------------------------------------------------------------------------------------- option fields
 def option(default: Any, help: str, *, parse: Callable | None = None, choices: tuple[str, ...] | None = None,
            low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
-           fill: tuple[Any, Any] | None = None, where: bool = False) -> Any:
+           fill: tuple[Any, Any] | None = None, where: bool = False, aliases: tuple[str, ...] = ()) -> Any:
     """A :class:`RunConfig` field. ``parse`` turns a flag's text into the value (default: from the default's type);
     ``choices`` or the range ``low``..``high`` (``*_open``: that bound excluded) is what the option accepts, checked
     by :func:`build`; ``fill`` = (demo value, value) fills a ``None`` default by dataset; ``where``: the option says
-    where a run reads or runs, not what it computes, so a ``--resume`` may change it."""
+    where a run reads or runs, not what it computes, so a ``--resume`` may change it; ``aliases``: more flags for it
+    (timm's names: ``--model``, ``--opt``, ``--sched``, ``--clip-grad``, ``--output``)."""
     meta = {"help": help, "parse": parse, "choices": choices, "low": low, "high": high, "low_open": low_open,
-            "high_open": high_open, "fill": fill, "where": where}
+            "high_open": high_open, "fill": fill, "where": where, "aliases": aliases}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -89,6 +90,8 @@ class RunConfig:
     """Every option of a run. ``None`` defaults with a ``fill`` are set per dataset by :func:`build`."""
 
     method: str = option("hta", "method name (see models.METHODS)")
+    recipe: str | None = option(None, "a paper's recipe for the --dataset given: reproduce/configs/<name>.yaml "
+                                      "(hta_vtab, snell_fgvc, ...); --config and flags override its values")
     method_args: dict = option({}, "method keyword arguments (YAML mapping; flags: --method-args rank=1 dropout=0.1)")
     dataset: str = option("demo_shape", "VTAB task, FGVC dataset, or a generated demo task (demo_shape, demo_ori, "
                                         "demo)")
@@ -97,7 +100,7 @@ class RunConfig:
     cache_dir: str | None = option(None, "decoded-image cache (default $VIT_PEFT_CACHE or ~/.cache/vit_peft)",
                                    where=True)
     arch: str | None = option(None, "architecture (default vit_base_patch16_224; demo: vit_micro_patch8)",
-                              fill=("vit_micro_patch8", "vit_base_patch16_224"))
+                              fill=("vit_micro_patch8", "vit_base_patch16_224"), aliases=("--model",))
     pretrained: str | None = option(None, "timm name | .npz/.safetensors/.pth path | none (default "
                                           "vit_base_patch16_224.orig_in21k; demo: none)",
                                     fill=("none", "vit_base_patch16_224.orig_in21k"))
@@ -110,7 +113,7 @@ class RunConfig:
                               low_open=True, fill=(1e-2, 1e-3))
     optimizer: str = option("adamw", "'adamw' (ARC, HTA, SNELL, most baselines) or 'sgd' with momentum (the VPT and "
                                      "linear-probe reference recipe, docs/methods/baselines.md §1, §7)",
-                            choices=("adamw", "sgd"))
+                            choices=("adamw", "sgd"), aliases=("--opt",))
     momentum: float = option(0.9, "SGD momentum (optimizer sgd)", low=0, high=1, high_open=True)
     scale_lr: bool = option(False, "use lr × batch_size / 256 as the peak learning rate (VPT's rule, "
                                    "docs/methods/baselines.md §7)")
@@ -123,10 +126,11 @@ class RunConfig:
     warmup_epochs: int | None = option(None, "linear warm-up epochs (default: 10%% of the epochs, at most 10)",
                                        parse=int, low=0)
     schedule: str = option("per_step", "'per_step' warm-up + cosine (ARC/HTA) or 'per_epoch_timm' (SNELL, "
-                                       "docs/methods/snell.md §8.1)", choices=("per_step", "per_epoch_timm"))
+                                       "docs/methods/snell.md §8.1)", choices=("per_step", "per_epoch_timm"),
+                           aliases=("--sched",))
     min_lr_factor: float = option(1e-6, "per_step cosine floor as a fraction of lr", low=0, high=1)
     grad_clip: float | None = option(None, "max gradient norm (none or 0 = no clipping)", parse=parse_float_or_none,
-                                     low=0)
+                                     low=0, aliases=("--clip-grad",))
     drop_rate: float = option(0.0, "backbone dropout", low=0, high=1, high_open=True)
     drop_path_rate: float | None = option(None, "backbone stochastic depth (default: the method's, e.g. 0.1 for "
                                                 "SNELL)", parse=parse_float_or_none, low=0, high=1, high_open=True)
@@ -141,8 +145,9 @@ class RunConfig:
                                        "fast, with the deviations data/fgvc.py lists) or 'images' (the original "
                                        "files decoded every epoch with the papers' torchvision transforms: exact, "
                                        "slower; data/images.py)", choices=("cache", "images"))
-    data_workers: int | None = option(None, "processes decoding images for fgvc_source 'images' (default: min(8, "
-                                            "CPU count); 0: in the training process)", parse=int, low=0, where=True)
+    data_workers: int | None = option(None, "workers decoding images: the first decode of a split into the cache "
+                                            "(threads) and fgvc_source 'images' (processes) (default: min(8, CPU "
+                                            "count); 0: in the training process)", parse=int, low=0, where=True)
     color_jitter: float = option(0.0, "FGVC train augmentation: brightness/contrast/saturation jitter strength in "
                                       "[0, 1] (timm's color_jitter; SNELL uses 0.4); 0 = off", low=0, high=1)
     seed: int = option(42, "random seed", low=0, high=2**32 - 1)  # numpy's seeds are 32-bit
@@ -160,7 +165,7 @@ class RunConfig:
     compile: str = option("none", "torch.compile the training forward: none | default | reduce-overhead (CUDA "
                                   "graphs) | max-autotune",
                           choices=("none", "default", "reduce-overhead", "max-autotune"))
-    out: str | None = option(None, "run directory (default runs/<dataset>_<method>_<time>)")
+    out: str | None = option(None, "run directory (default runs/<dataset>_<method>_<time>)", aliases=("--output",))
 
     def to_json(self) -> dict:
         """The mapping written to a run's ``config.json`` (tuples become lists)."""
@@ -200,16 +205,17 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     Options not given are absent from the namespace, so a config file's values are not overridden by defaults."""
     p = ArgumentParser(description=description, formatter_class=argparse.RawTextHelpFormatter)
     for name, f in FIELDS.items():
-        kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} [default: {_default(name)}]")
+        kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} [default: {_default(name)}]", dest=name)
+        flags = (flag_name(name), *f.metadata["aliases"])
         parse = _parser_of(name)
         if name in _MAPPINGS:
-            p.add_argument(flag_name(name), nargs="*", metavar="KEY=VALUE", **kw)
+            p.add_argument(*flags, nargs="*", metavar="KEY=VALUE", **kw)
         elif parse is parse_bool:
-            p.add_argument(flag_name(name), type=parse_bool, metavar="{true,false}", **kw)
+            p.add_argument(*flags, type=parse_bool, metavar="{true,false}", **kw)
         elif name in CHOICES:
-            p.add_argument(flag_name(name), choices=CHOICES[name], **kw)
+            p.add_argument(*flags, choices=CHOICES[name], **kw)
         else:
-            p.add_argument(flag_name(name), type=parse, **kw)
+            p.add_argument(*flags, type=parse, **kw)
     p.add_argument("--config", help="YAML file of options (underscored names); flags override it")
     p.add_argument("--resume", metavar="OUT", help="continue the run in OUT from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -319,9 +325,24 @@ def build(args: argparse.Namespace) -> RunConfig:
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
     flags = {k: v for k, v in vars(args).items() if k in OPTIONS}
     if "method_args" in flags:
-        flags["method_args"] = {**(values.get("method_args") or {}), **parse_method_args(flags["method_args"])}
-    values.update(flags)
-    cfg = from_mapping(values)
+        flags["method_args"] = parse_method_args(flags["method_args"])
+    recipe = flags.get("recipe", values.get("recipe"))
+    layers = [values, flags]
+    if recipe:  # the recipe's values for this dataset, below the config file and the flags
+        from . import recipes
+
+        dataset = flags.get("dataset", values.get("dataset", _default("dataset")))
+        try:
+            layers.insert(0, {k: _convert(k, v, f"--recipe {recipe}: ") for k, v in
+                              recipes.values_for(recipe, dataset).items()})
+        except ValueError as e:  # RecipeError, or data's unknown-task DataError
+            raise RunError(str(e)) from None
+    merged: dict = {}
+    for layer in layers:  # method_args merge key-wise, as a sweep config's task overrides do
+        merged.update({k: v for k, v in layer.items() if k != "method_args"})
+        if "method_args" in layer:
+            merged["method_args"] = {**merged.get("method_args", {}), **layer["method_args"]}
+    cfg = from_mapping(merged)
     demo = str(cfg.dataset).startswith("demo")
     fills = {n: f.metadata["fill"][0 if demo else 1] for n, f in FIELDS.items()
              if f.metadata["fill"] and getattr(cfg, n) is None}
@@ -344,6 +365,25 @@ def build(args: argparse.Namespace) -> RunConfig:
     if cfg.pretrained not in (None, "none") and Path(cfg.pretrained).expanduser().is_file():
         cfg.pretrained = str(Path(cfg.pretrained).expanduser().resolve())  # weights: only when a file is named
     return cfg
+
+
+def generic_defaults_note(cfg: RunConfig, from_file: bool) -> str | None:
+    """For ``--method hta|arc|snell`` on a benchmark task with neither ``--recipe`` nor ``--config``: the line saying
+    that train.py's generic defaults are not that paper's recipe (they leave HTA's Householder vectors and ARC's
+    scales out of weight decay and do not clip, for instance), naming the recipe to use. None otherwise."""
+    from data.tasks import resolve_task
+
+    family = cfg.method.split("_")[0]
+    if cfg.recipe or from_file or family not in ("hta", "arc", "snell"):
+        return None
+    benchmark, _ = resolve_task(cfg.dataset)
+    if benchmark == "demo":
+        return None
+    from .recipes import recipes_for
+
+    found = recipes_for(cfg.method, benchmark)
+    return (f"note: --method {cfg.method} with train.py's generic defaults, not the paper's recipe; for its values "
+            f"use --recipe {' or '.join(found) or '(none for ' + benchmark + ')'} (flags still override)")
 
 
 def check_device(device: str) -> None:

@@ -44,7 +44,8 @@ def build_data(cfg: RunConfig) -> RunData:
     train_name, val_name = data.tasks.protocol_splits(benchmark, cfg.protocol)
 
     def load(split: str):
-        return data.load_split(name, cfg.data_root, split, img_size=cfg.img_size, cache_dir=cfg.cache_dir)
+        return data.load_split(name, cfg.data_root, split, img_size=cfg.img_size, cache_dir=cfg.cache_dir,
+                               num_workers=cfg.data_workers)
 
     exact = benchmark == "fgvc" and cfg.fgvc_source == "images"
     if exact:

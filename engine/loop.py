@@ -2,6 +2,7 @@
 evaluation. ``train.py`` strings them together; ``bench.py`` times the same step and the same evaluation."""
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -146,7 +147,8 @@ def train_one_epoch(forward, model: torch.nn.Module, opt: torch.optim.Optimizer,
     state["train_images"] += seen
     record = {"epoch": epoch + 1, "loss": float(step_losses.mean()), "train_acc": 100.0 * correct.item() / seen,
               "img_per_s": seen / dt, "lr": lr}
-    points += [("train/acc", record["train_acc"], epoch + 1), ("perf/img_per_s", record["img_per_s"], epoch + 1)]
+    points += [("train/loss_epoch", record["loss"], epoch + 1), ("train/acc", record["train_acc"], epoch + 1),
+               ("perf/img_per_s", record["img_per_s"], epoch + 1)]  # epoch-indexed: the axis of eval/*/acc
     if device.type == "cuda":
         record["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         points.append(("perf/peak_mem_mb", record["peak_mem_mb"], epoch + 1))
@@ -171,17 +173,26 @@ def eval_network(model: torch.nn.Module, merged: bool) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device, precision: str) -> float:
-    """Top-1 accuracy in percent over ``loader``. One host sync per call."""
+def evaluate(model: torch.nn.Module, loader, device, precision: str, report: bool = True) -> float:
+    """Top-1 accuracy in percent over ``loader``. One host sync per call. With ``report``, progress as every long
+    step shows it (``data.progress``: a bar on a terminal, one summary line in a log)."""
+    from data.progress import progress
+
+    split = loader.split
+    name = f"{split.name} {split.split}"
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     n = 0
-    for x, y in loader:
-        with autocast(device, precision):
-            logits = model(x)
-        correct += (logits.argmax(-1) == y).sum()
-        n += y.numel()
+    with (progress(len(split), f"evaluating {name}", done=f"evaluated {name}", start_line=False) if report
+          else contextlib.nullcontext()) as bar:
+        for x, y in loader:
+            with autocast(device, precision):
+                logits = model(x)
+            correct += (logits.argmax(-1) == y).sum()
+            n += y.numel()
+            if bar is not None:
+                bar.update(y.shape[0])  # host-side count: no sync
     model.train(was_training)
     return 100.0 * correct.item() / max(n, 1)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import models
 from util.files import atomic_write, is_no_space, write_text_atomic
 
 from . import config as C
@@ -37,7 +38,7 @@ from .errors import RunError
 from .loop import peak_lr
 
 __all__ = ["RUN_FILES", "RunLock", "write_json", "prepare_new", "resume_config", "write_config", "save_checkpoint",
-           "read_checkpoint", "load_checkpoint", "save_adapter", "trainable_state", "seed_everything", "rng_state",
+           "read_checkpoint", "load_checkpoint", "trainable_state", "seed_everything", "rng_state",
            "set_rng_state", "results_record", "tensorboard", "git_commit", "versions"]
 
 RUN_FILES = ("results.json", "train_state.pt", "adapter.safetensors", "config.json")
@@ -162,13 +163,6 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter(path: Path, model: torch.nn.Module, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {n: t.contiguous() for n, t in trainable_state(model).items()}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={k: str(v) for k, v in meta.items()}))
-
-
 CHECKPOINT_FORMAT = "vit_peft checkpoint 2"  # {"format", "sha256", "payload": torch.save bytes of the checkpoint}
 
 
@@ -185,8 +179,9 @@ def save_checkpoint(cfg: C.RunConfig, model: torch.nn.Module, opt: torch.optim.O
     then = f"free space there, then continue with python train.py --resume {out}"
     with writing(out / "train_state.pt", then):
         atomic_write(out / "train_state.pt", lambda p: torch.save(sealed, p))
-    with writing(out / "adapter.safetensors", then):
-        save_adapter(out / "adapter.safetensors", model, {"epoch": state["epoch"], "method": cfg.method})
+    with writing(out / "adapter.safetensors", then):  # portable: its metadata rebuilds the model (models/portable.py)
+        models.save_adapter(model, out / "adapter.safetensors", dataset=cfg.dataset, norm=cfg.norm, seed=cfg.seed,
+                            epoch=state["epoch"], recipe=cfg.recipe or "none")
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -264,9 +259,11 @@ def tensorboard(cfg: C.RunConfig):
 
 
 def write_hparams(writer, cfg: C.RunConfig, result: dict) -> None:
-    """The run's options beside its final accuracies in TensorBoard's HPARAMS tab."""
-    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_json().items()
-               if k not in ("out", "data_root", "cache_dir")}
+    """The run's options beside its final accuracies in TensorBoard's HPARAMS tab; the method's resolved arguments
+    (defaults included: rank, sparsity, dropout ...) as columns of their own, ``method_args/<name>``."""
+    options = {k: v for k, v in cfg.to_json().items() if k not in ("out", "data_root", "cache_dir", "method_args")}
+    options.update({f"method_args/{k}": v for k, v in result["method_args"].items()})
+    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in options.items()}
     metrics = {f"hparam/{k}": v for k, v in result.items() if k.startswith("acc_") and isinstance(v, float)}
     writer.add_hparams(hparams, metrics or {"hparam/acc_last": -1.0}, run_name="hparams")
 
@@ -309,7 +306,6 @@ def results_record(cfg: C.RunConfig, model: torch.nn.Module, run_data, state: di
     """``results.json``: the method and its arguments, the backbone and its hash, the splits, every accuracy with
     how it was selected, parameter counts, speed and memory, versions and the git commit."""
     import data
-    import models
 
     device = torch.device(cfg.device)
     hist = state["history"]
@@ -317,7 +313,7 @@ def results_record(cfg: C.RunConfig, model: torch.nn.Module, run_data, state: di
     at_last = hist[-1] if hist and hist[-1]["epoch"] == cfg.epochs else {}
     splits, loaders = run_data.splits, run_data.loaders
     result = {
-        "method": cfg.method, "method_args": model.method.config(), "arch": cfg.arch,
+        "method": cfg.method, "method_args": model.method.config(), "recipe": cfg.recipe, "arch": cfg.arch,
         "pretrained": model.pretrained_info, "dataset": run_data.dataset, "benchmark": run_data.benchmark,
         "splits": split_provenance(splits),
         "split_regenerated": any(s.info.get("regenerated") for s in splits.values()),

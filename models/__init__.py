@@ -1,4 +1,5 @@
-"""Public API: ``create_model``, ``METHODS``, ``count_parameters``, ``merge`` (and ``models.convert``).
+"""Public API: ``create_model``, ``METHODS``, ``count_parameters``, ``merge``, ``load_adapter`` / ``save_adapter``,
+``export_timm`` (and ``models.convert``).
 
     model = create_model("vit_base_patch16_224", "hta", num_classes=100,
                          pretrained="vit_base_patch16_224.orig_in21k", rank=1, dropout=0.1)
@@ -11,10 +12,13 @@ import copy
 
 from torch import nn
 
+from .export import export_timm, timm_config
 from .methods import METHODS, Method
+from .portable import load_adapter, save_adapter
 from .vit import ARCHS, VisionTransformer, build_vit
 
-__all__ = ["create_model", "METHODS", "ARCHS", "count_parameters", "merge", "method_modules", "VisionTransformer"]
+__all__ = ["create_model", "METHODS", "ARCHS", "count_parameters", "merge", "method_modules", "VisionTransformer",
+           "export_timm", "timm_config", "load_adapter", "save_adapter"]
 
 
 def _make_method(method: str | Method, method_kwargs: dict) -> Method:

@@ -15,9 +15,9 @@ Both converters check the result against the model they target (built on the met
   projective}.*``, ``.mlp.fc{1,2}.*``, ``.{att,fnn}_layer_norm.*``, ``.{att,mlp}_adapter.adapter_rescale`` (1×d) and
   ``.adapter_bias`` (D), ``transformer.layer_norm.*``, ``head_mlp.head.*``.
 * ``ssfgunner/SNELL`` (timm style, separate q/k/v): ``blocks.{i}.attn.additional_{q,k,v,proj}.learnable.In_Qs``
-  (2, n_in, r/2) / ``Out_Qs`` (2, n_out, r/2), ``blocks.{i}.mlp.additional_fc{1,2}.learnable.*``; the s = 0 module
-  (``KLoRA``) names them ``In_Qs_1`` / ``Out_Qs_1``. ``shared_coeff_fc`` must be the fixed (+0.1, −0.1) and is dropped
-  (our α is a non-persistent constant).
+  (2, n_in, r/2) / ``Out_Qs`` (2, n_out, r/2), ``blocks.{i}.mlp.additional_fc{1,2}.learnable.*``. The s = 0 module
+  (``KLoRA``) uses the same names today; older commits named them ``In_Qs_1`` / ``Out_Qs_1`` (both are read).
+  ``shared_coeff_fc`` must be the fixed (+0.1, −0.1) and is dropped (our α is a non-persistent constant).
 """
 from __future__ import annotations
 
@@ -189,9 +189,9 @@ def from_official_snell(state_dict: dict, rank: int | None = None, sparsity: flo
     ``create_model(arch, "snell", rank=rank, sparsity=sparsity, ...)``.
 
     ``rank``, when given, must equal the checkpoint's (2 × the last factor dimension); None reads it from the
-    checkpoint. ``sparsity`` is checked against the module
-    the official code builds: s = 0 saves ``KLoRA`` factors (``In_Qs_1``/``Out_Qs_1``), s > 0 ``SNELL`` factors
-    (``In_Qs``/``Out_Qs``); the threshold itself is recomputed from the factors at every forward, so s is not stored.
+    checkpoint. ``sparsity`` (the official ``init_thres``) is not stored: the threshold is recomputed from the factors
+    at every forward, and the s = 0 module (``KLoRA``) names its factors ``In_Qs``/``Out_Qs`` like ``SNELL`` (s > 0),
+    so it comes from the caller. Only the older ``KLoRA`` naming ``In_Qs_1``/``Out_Qs_1`` implies s = 0 and is checked.
     """
     sd_in = _unwrap(state_dict)
     for key, value in sd_in.items():
@@ -200,16 +200,13 @@ def from_official_snell(state_dict: dict, rank: int | None = None, sparsity: flo
             if value.numel() != 2 or not torch.allclose(value.detach().double().flatten().cpu(), expected):
                 raise ValueError(f"{key} is {value.flatten().tolist()}, expected the fixed (+0.1, -0.1) of "
                                  "SNELL-D0; this converter does not support other segment coefficients")
-    klora = [k for k in sd_in if k.endswith(("In_Qs_1", "Out_Qs_1"))]
-    snell = [k for k in sd_in if k.endswith(("In_Qs", "Out_Qs"))]
-    if klora and snell:
-        raise ValueError("checkpoint mixes KLoRA (In_Qs_1) and SNELL (In_Qs) factors")
-    if klora and sparsity != 0:
-        raise ValueError(f"checkpoint holds KLoRA factors (In_Qs_1/Out_Qs_1), which the official code builds only "
-                         f"for s = 0, but sparsity={sparsity}")
-    if snell and sparsity == 0:
-        raise ValueError("checkpoint holds SNELL factors (In_Qs/Out_Qs), which the official code builds only for "
-                         "s > 0, but sparsity=0")
+    old_klora = [k for k in sd_in if k.endswith(("In_Qs_1", "Out_Qs_1"))]  # KLoRA (s = 0) of older commits
+    current = [k for k in sd_in if k.endswith(("In_Qs", "Out_Qs"))]  # SNELL (s > 0) and today's KLoRA (s = 0)
+    if old_klora and current:
+        raise ValueError("checkpoint mixes the older KLoRA names (In_Qs_1) with In_Qs: save it from one model again")
+    if old_klora and sparsity != 0:
+        raise ValueError(f"checkpoint holds older KLoRA factors (In_Qs_1/Out_Qs_1), which the official code builds "
+                         f"only for s = 0, but sparsity={sparsity}: pass sparsity=0 (eval.py: --sparsity 0)")
     sd = _rename(sd_in, _SNELL_RULES, skip=lambda k: k.endswith(".learnable.shared_coeff_fc"),
                  source="ssfgunner/SNELL")
     found = model_args(sd).get("rank")

@@ -4,8 +4,10 @@ A sweep config is a YAML mapping with
 
 * ``benchmark``: ``vtab`` | ``fgvc``;
 * ``selection``: where the per-task hyper-parameters come from — ``paper`` (released scripts / author's reply; the
-  authors selected them on the test set), ``default`` (the paper released none: project defaults until
-  ``reproduce/search.py`` runs), ``val`` (every task's values selected on val200 / val.json by
+  authors selected them on the test set), ``borrowed`` (the paper released none; the values are another method's
+  released recipe on the same tasks, which its authors selected on the test set, until ``reproduce/search.py``
+  runs), ``default`` (the paper released none: project defaults until ``reproduce/search.py`` runs; nothing was
+  selected on the test set), ``val`` (every task's values selected on val200 / val.json by
   ``reproduce/search.py``) or ``partial`` (search.py has run for some tasks only: the tasks whose lines carry a
   ``# source: reproduce/search.py`` comment, see ``searched_tasks()``, are val-selected, the others keep their
   defaults or paper values; docs/benchmarks.md §6.2);
@@ -23,7 +25,6 @@ Every value under ``defaults`` and ``tasks`` carries a ``# source:`` comment (``
 """
 from __future__ import annotations
 
-import copy
 import re
 import sys
 from pathlib import Path
@@ -33,74 +34,17 @@ import yaml
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.recipes import SELECTIONS, TOP_LEVEL, RecipeError, load, resolve  # noqa: E402,F401
 from reproduce import tasks as K  # noqa: E402
 from util.cli import ArgumentParser  # noqa: E402
-from util.files import read_yaml, write_text_atomic  # noqa: E402
+from util.files import write_text_atomic  # noqa: E402
 
 __all__ = ["TOP_LEVEL", "REQUIRED", "SELECTIONS", "SWEEP_KNOBS", "ConfigError", "load", "resolve", "select",
            "canonical", "validate", "undocumented", "searched_tasks", "dump", "write_task_config", "main"]
 
-TOP_LEVEL = {"benchmark", "selection", "reference", "defaults", "tasks", "search"}
 REQUIRED = ("method", "method_args", "lr", "weight_decay", "batch_size", "epochs")  # per resolved task
-SELECTIONS = ("paper", "default", "val", "partial")
 SWEEP_KNOBS = {"PRECISION": "precision", "COMPILE": "compile", "PROTOCOL": "protocol"}  # sweep.sh knob -> option
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def load(path: str | Path) -> dict:
-    """Read and structurally check a sweep config (not the option names: see ``validate``)."""
-    path = Path(path)
-    try:
-        spec = read_yaml(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config") from None
-    except ValueError as e:  # one line: where the YAML breaks, not the scanner's caret drawing
-        raise ConfigError(f"{e}; fix the file or pass another config") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys {sorted(TOP_LEVEL)}")
-    unknown = set(spec) - TOP_LEVEL
-    if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(TOP_LEVEL)}")
-    for key in ("benchmark", "defaults", "tasks"):
-        if key not in spec:
-            raise ConfigError(f"{path}: missing '{key}'")
-    if spec["benchmark"] not in ("vtab", "fgvc"):
-        raise ConfigError(f"{path}: benchmark must be vtab or fgvc, got {spec['benchmark']!r}")
-    if spec.get("selection", "paper") not in SELECTIONS:
-        raise ConfigError(f"{path}: selection must be one of {SELECTIONS}")
-    spec["tasks"] = {t: (v or {}) for t, v in (spec["tasks"] or {}).items()}
-    expected = K.VTAB_TASKS if spec["benchmark"] == "vtab" else K.FGVC_TASKS
-    bad = [t for t in spec["tasks"] if t not in expected]
-    if bad:
-        raise ConfigError(f"{path}: unknown {spec['benchmark']} task id(s) {bad}; canonical ids: {', '.join(expected)}")
-    return spec
-
-
-def resolve(spec: dict, task: str, epochs: int | None = None) -> dict:
-    """The flat option mapping of one task: defaults, then the task's overrides (``method_args`` merged key-wise).
-
-    ``epochs`` (the sweep's ``EPOCHS`` smoke/debug override) also scales ``warmup_epochs`` in proportion
-    (10 of 100 → 0 of 1), so a shortened run still has its warm-up inside the run.
-    """
-    if task not in spec["tasks"]:
-        raise ConfigError(f"task {task!r} is not in the config; its tasks: {', '.join(spec['tasks'])}")
-    cfg = copy.deepcopy(spec["defaults"])
-    over = copy.deepcopy(spec["tasks"][task])
-    cfg["method_args"] = {**(cfg.get("method_args") or {}), **(over.pop("method_args", None) or {})}
-    cfg.update(over)
-    if epochs is not None:
-        if epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {epochs}")
-        warm = cfg.get("warmup_epochs")
-        if warm is not None and cfg.get("epochs"):
-            cfg["warmup_epochs"] = int(warm * epochs // cfg["epochs"])
-        cfg["epochs"] = epochs
-    return cfg
+ConfigError = RecipeError  # a sweep config that cannot be read: one line naming the file and the fix
 
 
 def validate(spec: dict, check_options: bool = False) -> list[str]:

@@ -4,6 +4,7 @@ paper_tables/README.md "Consumer rules").
     python reproduce/verify.py runs/reproduce/hta_vtab                      # config inferred from the folder name
     python reproduce/verify.py runs/reproduce/snell_fgvc --config reproduce/configs/snell_fgvc.yaml \\
         --tolerance 0.5 --markdown snell_fgvc.md --strict
+    python reproduce/verify.py runs/reproduce/hta_vtab runs/reproduce/arc_vtab --json t.json --csv t.csv --plot t.png
 
 What is printed, per task then per aggregate:
 
@@ -15,7 +16,8 @@ What is printed, per task then per aggregate:
   train800val200 (FGVC: train), step 3 of the clean protocol (§6.2). It is fully clean only when the config's
   hyper-parameters were selected on val200 (``selection: val`` in the config, e.g. after ``reproduce/search.py``;
   ``selection: partial``: only for the tasks the note names, those with a ``# source: reproduce/search.py`` line);
-  otherwise the header says the hyper-parameters come from the papers' test-selected recipes or project defaults;
+  otherwise the header says where the hyper-parameters come from: the papers' test-selected recipes (``paper``),
+  another method's test-selected recipe (``borrowed``) or project defaults (``default``);
 * ``protocol: clean`` runs of train.py (the selection runs of §6.2 step 1: train800, scored by val200 top-1 at the last
   epoch, ``acc_val_last``) add a column "val top-1, last epoch" when present — a selection score, not a test result;
 * the three group means and **both** VTAB overall means, labelled: ``mean_19`` (plain mean of the 19 tasks; HTA's
@@ -26,12 +28,23 @@ What is printed, per task then per aggregate:
 * mean peak memory and training img/s.
 
 Several seeds of one task are averaged (mean ± sample std). Means over a group are only formed when every task of the
-group has a result. ``--strict`` exits 1 when a row is out of tolerance or an expected task has no result. Bad input
-(no such run folder, a config that does not load, an unwritable ``--markdown`` path) is one error line and exit 2.
+group has a result. Several sweep folders give one table each, in the order given (``--config``, ``--tasks`` and
+``--backbone`` apply to each). ``--strict`` exits 1 when a row is out of tolerance or an expected task has no result.
+
+Files (each written atomically, after the table): ``--markdown`` the tables as Markdown; ``--json`` every number of
+the tables (``{"reports": [...]}``, one object per folder: rows, parameter and performance summary, notes; unrounded);
+``--csv`` the same as one flat table (a ``kind`` column: header, task, aggregate, summary, note); ``--plot FILE.png``
+(needs matplotlib) ours − paper per task and mean with the ±tolerance band, both protocols, one panel per folder, and
+with several folders the mean accuracy against trainable parameters (log scale) with the reference rows' printed
+points (``plot_data()`` returns what is drawn). Bad input (no such run folder, a config that does not load, an
+unwritable output path, ``--plot`` without matplotlib) is one error line and exit 2, before any table.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.util
+import io
 import json
 import os
 import re
@@ -46,10 +59,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from reproduce import tables as T  # noqa: E402
 from reproduce import tasks as K  # noqa: E402
 from util.cli import ArgumentParser  # noqa: E402
-from util.files import write_text_atomic  # noqa: E402
+from util.files import atomic_path, write_text_atomic  # noqa: E402
 
 __all__ = ["backbone_id", "load_runs", "TaskResult", "collect", "Row", "Report", "build_report", "render_text",
-           "render_markdown", "clean_note", "main", "ROUNDING"]
+           "render_markdown", "report_dict", "render_json", "CSV_COLUMNS", "render_csv", "plot_data", "plot",
+           "clean_note", "main", "ROUNDING"]
 
 ROUNDING = 0.05  # paper_tables/README.md: differences of <= 0.05 are rounding
 AGG_LABELS = {
@@ -64,22 +78,26 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CLEAN_NOTES = {  # what the clean (last-epoch) column means, by the config's `selection`
     "paper": "Clean column: last-epoch test top-1 with the papers' released hyper-parameters (which their authors "
              "selected on the test set), not a val200 search: clean in its reporting, not in its selection.",
+    "borrowed": "Clean column: last-epoch test top-1 with per-task hyper-parameters taken from another method's "
+                "recipe on the same tasks (see the config's comments), which that method's authors selected on the "
+                "test set: not tuned on this method's test results, but not clean in its selection either "
+                "(reproduce/search.py has not been run).",
     "default": "Clean column: last-epoch test top-1 with project defaults (the paper released no per-task values and "
                "reproduce/search.py has not been run): nothing was selected on the test set.",
     "val": "Clean column: last-epoch test top-1 with hyper-parameters selected on val200 by reproduce/search.py "
            "(docs/benchmarks.md §6.2).",
     "partial": "Clean column: last-epoch test top-1; hyper-parameters selected on val200 by reproduce/search.py "
-               "(docs/benchmarks.md §6.2) only for {searched}; {rest} keep the config's other values (project defaults or "
-               "the papers' test-selected recipes, see the config's comments), so their clean numbers are not "
-               "val-selected.",
+               "(docs/benchmarks.md §6.2) only for {searched}; {rest} keep the config's other values (project "
+               "defaults, or test-selected recipes of the paper or of another method, see the config's comments), so "
+               "their clean numbers are not val-selected.",
 }
 
 
 def clean_note(selection: str, config_text: str, tasks: list[str]) -> str:
-    """The note on the clean column for the reported ``tasks`` (docs/benchmarks.md §6.2). Under ``selection: partial`` (or
-    a ``val`` config that search.py left only partly searched) it names which tasks were val-selected, read from
-    their ``# source: reproduce/search.py`` comments (taskcfg.searched_tasks); when all reported tasks were, the
-    ``val`` note applies to the whole table."""
+    """The note on the clean column for the reported ``tasks`` (docs/benchmarks.md §6.2). Under ``selection:
+    partial`` (or a ``val`` config that search.py left only partly searched) it names which tasks were val-selected,
+    read from their ``# source: reproduce/search.py`` comments (taskcfg.searched_tasks); when all reported tasks were,
+    the ``val`` note applies to the whole table."""
     if selection not in ("val", "partial"):
         return CLEAN_NOTES[selection]
     from reproduce import taskcfg
@@ -216,6 +234,10 @@ class Report:
     missing: list[str]
     has_val_last: bool = False
     other_method: list[str] = field(default_factory=list)  # tasks with runs of a method the config does not train
+    paper_methods: list[str] = field(default_factory=list)  # the reference rows' method names (plot labels)
+    folder: str = ""              # the sweep folder (main); "" for a report built directly
+    config: str = ""              # the config's stem (main)
+    methods: list[str] = field(default_factory=list)  # methods of the runs (main)
 
     @property
     def out_of_tolerance(self) -> list[Row]:
@@ -295,7 +317,8 @@ def build_report(results: dict[str, TaskResult], refs: list[T.PaperRow], tasks: 
     missing = [t for t in tasks if t not in results]
     return Report(title=title, backbone=backbone, reference=[r.label for r in refs], tolerance=tolerance, rows=rows,
                   params=params, perf=perf, notes=list(notes or []), missing=missing,
-                  has_val_last=any(r.val_last is not None for r in rows))
+                  has_val_last=any(r.val_last is not None for r in rows),
+                  paper_methods=list(dict.fromkeys(r.method for r in refs)))
 
 
 def _params_verdict(p: dict) -> str:
@@ -395,6 +418,217 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------- JSON, CSV and plot
+ROW_FIELDS = ("name", "label", "kind", "n", "n_total", "ours", "ours_std", "clean", "clean_std", "val_last", "paper",
+              "paper_printed", "paper_source", "diff", "clean_diff", "flag")
+
+
+def report_dict(report: Report) -> dict:
+    """Every number of the printed table of ``report``, unrounded (``--json``; ``render_csv`` flattens the same)."""
+    return {
+        "folder": report.folder, "config": report.config, "title": report.title, "methods": list(report.methods),
+        "backbone": report.backbone, "reference": list(report.reference), "tolerance": report.tolerance,
+        "rounding": ROUNDING, "has_val_last": report.has_val_last,
+        "rows": [{f: getattr(r, f) for f in ROW_FIELDS} for r in report.rows],
+        "params": dict(report.params), "perf": dict(report.perf),
+        "out_of_tolerance": [r.name for r in report.out_of_tolerance], "missing": list(report.missing),
+        "other_method": list(report.other_method), "strict_ok": report.strict_ok(),
+        "notes": list(report.notes), "summary": _summary_lines(report),
+    }
+
+
+def render_json(reports: list[Report]) -> str:
+    return json.dumps({"reports": [report_dict(r) for r in reports]}, indent=1, ensure_ascii=False) + "\n"
+
+
+CSV_COLUMNS = ("folder", "config") + ROW_FIELDS + ("value", "text")
+
+
+def _csv_records(report: Report) -> list[dict]:
+    """One record per table row (kind task / aggregate), and kind header / summary / note records whose number is in
+    ``value`` and whose words are in ``text``."""
+    d = report_dict(report)
+    recs = [{"kind": "header", "name": "title", "text": d["title"]},
+            {"kind": "header", "name": "backbone", "text": d["backbone"]},
+            {"kind": "header", "name": "reference", "text": "; ".join(d["reference"])},
+            {"kind": "header", "name": "tolerance", "value": d["tolerance"]},
+            {"kind": "header", "name": "rounding", "value": d["rounding"]}]
+    recs += d["rows"]
+    p, perf = d["params"], d["perf"]
+    recs += [{"kind": "summary", "name": "params_ours_m", "value": p["ours_m"]},
+             {"kind": "summary", "name": "params_ours_no_head_m", "value": p["ours_no_head_m"]},
+             {"kind": "summary", "name": "params_printed_m", "value": p["printed_m"], "text": p["printed"],
+              "paper_source": p["source"]},
+             {"kind": "summary", "name": "params_verdict", "text": p["verdict"]},
+             {"kind": "summary", "name": "peak_mem_mb", "value": perf["peak_mem_mb"]},
+             {"kind": "summary", "name": "img_per_s", "value": perf["img_per_s"]},
+             {"kind": "summary", "name": "out_of_tolerance", "text": ", ".join(d["out_of_tolerance"])},
+             {"kind": "summary", "name": "missing", "text": ", ".join(d["missing"])},
+             {"kind": "summary", "name": "other_method", "text": ", ".join(d["other_method"])}]
+    recs += [{"kind": "note", "name": str(i), "text": note} for i, note in enumerate(d["notes"], 1)]
+    return [{"folder": d["folder"], "config": d["config"], **r} for r in recs]
+
+
+def render_csv(reports: list[Report]) -> str:
+    """The tables as one CSV (``CSV_COLUMNS``): numbers unrounded (``repr``), an empty cell for none."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for report in reports:
+        for rec in _csv_records(report):
+            w.writerow({k: "" if rec.get(k) is None else rec[k] for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+GROUP_NAMES = {"mean_natural": "Natural", "mean_specialized": "Specialized", "mean_structured": "Structured",
+               "mean_fgvc": "FGVC"}
+
+
+def _overall_key(report: Report) -> str:
+    return "mean_19" if any(r.name in K.VTAB for r in report.rows if r.kind == "task") else "mean_fgvc"
+
+
+def plot_data(reports: list[Report]) -> dict:
+    """What ``plot`` draws, taken from the reports' rows unchanged: ``panels`` (one per report: ours − paper per task
+    and mean, test-selected ``diff`` and clean ``clean_diff``, the tolerance, the group spans with their mean's
+    differences) and, with several reports, ``scatter`` (per overall mean: ours test-selected against the mean
+    trainable parameters with the head, the reference rows' printed mean against their printed count, and the
+    folders that have no mean to plot)."""
+    panels = []
+    for rep in reports:
+        tasks = [r for r in rep.rows if r.kind == "task"]
+        aggs = [r for r in rep.rows if r.kind == "aggregate"]
+        points = [{"x": x, "name": r.name, "kind": r.kind, "diff": r.diff, "clean_diff": r.clean_diff, "flag": r.flag}
+                  for x, r in enumerate(tasks)]
+        points += [{"x": len(tasks) + 1 + i, "name": r.name, "kind": r.kind, "diff": r.diff,
+                    "clean_diff": r.clean_diff, "flag": r.flag} for i, r in enumerate(aggs)]  # a gap before the means
+        groups = []
+        for r in aggs:
+            if r.name not in GROUP_NAMES:
+                continue
+            members = K.GROUPS.get(r.name[len("mean_"):]) or K.FGVC_TASKS
+            xs = [p["x"] for p in points if p["kind"] == "task" and p["name"] in members]
+            if xs:
+                groups.append({"key": r.name, "label": GROUP_NAMES[r.name], "x0": min(xs), "x1": max(xs),
+                               "diff": r.diff, "clean_diff": r.clean_diff})
+        panels.append({"folder": rep.folder, "config": rep.config, "backbone": rep.backbone,
+                       "tolerance": rep.tolerance, "n_tasks": len(tasks), "points": points, "groups": groups})
+    scatter: dict[str, dict] = {}
+    if len(reports) > 1:
+        labels = [", ".join(rep.methods) or rep.config or "?" for rep in reports]
+        for rep, label in zip(reports, labels):
+            key = _overall_key(rep)
+            s = scatter.setdefault(key, {"key": key, "label": AGG_LABELS[key], "ours": [], "paper": [],
+                                         "not_plotted": []})
+            row = next((r for r in rep.rows if r.name == key), None)
+            if labels.count(label) > 1:
+                label = f"{label} ({Path(rep.folder).name or rep.config})"
+            if row is None or row.ours is None or rep.params["ours_m"] is None:
+                why = (f"{key} needs all {row.n_total} tasks, {row.n} have results" if row is not None and row.n_total
+                       and row.n < row.n_total else "no result or parameter count")
+                s["not_plotted"].append({"folder": rep.folder, "label": label, "reason": why})
+            else:
+                s["ours"].append({"folder": rep.folder, "label": label, "params_m": rep.params["ours_m"],
+                                  "acc": row.ours})
+            if row is not None and row.paper is not None and rep.params["printed_m"] is not None:
+                point = {"label": f"{'/'.join(rep.paper_methods) or '?'} ({row.paper_source})",
+                         "params_m": rep.params["printed_m"], "acc": row.paper,
+                         "computed": "(computed)" in (row.paper_source or "")}
+                if point not in s["paper"]:
+                    s["paper"].append(point)
+    return {"panels": panels, "scatter": list(scatter.values())}
+
+
+def plot(reports: list[Report], path: str | Path) -> dict:
+    """Draw ``plot_data(reports)`` into the PNG ``path`` (matplotlib's Agg canvas, imported here only; written
+    atomically). Returns the plotted data."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
+
+    data = plot_data(reports)
+    n_x = max([len(p["points"]) + 1 for p in data["panels"]] + [12])
+    n_axes = len(data["panels"]) + len(data["scatter"])
+    fig = Figure(figsize=(max(11.0, 0.42 * n_x + 4), 4.4 * n_axes), layout="constrained")  # + 4: the legends
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_axes, 1, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, data["panels"]):
+        _draw_panel(ax, panel, blended_transform_factory(ax.transData, ax.transAxes))
+    for ax, s in zip(axes[len(data["panels"]):], data["scatter"]):
+        _draw_scatter(ax, s)
+    with atomic_path(Path(path), ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return data
+
+
+def _draw_panel(ax, panel: dict, x_data_y_axes) -> None:
+    tol, pts = panel["tolerance"], panel["points"]
+    ax.axhspan(-tol, tol, color="tab:green", alpha=0.18, lw=0, label=f"±tolerance ({tol:g} pt)")
+    ax.axhline(0, color="0.35", lw=0.8)
+    for i, g in enumerate(panel["groups"]):
+        if i % 2 == 0:
+            ax.axvspan(g["x0"] - 0.5, g["x1"] + 0.5, color="0.5", alpha=0.07, lw=0)
+        ax.text((g["x0"] + g["x1"]) / 2, 0.98, g["label"], transform=x_data_y_axes, ha="center", va="top", fontsize=8)
+        for key, color, style in (("diff", "tab:blue", "--"), ("clean_diff", "tab:orange", ":")):
+            if g[key] is not None:
+                ax.hlines(g[key], g["x0"] - 0.4, g["x1"] + 0.4, colors=color, linestyles=style, lw=1.2)
+    ax.axvline(panel["n_tasks"], color="0.5", ls=":", lw=0.8)  # tasks | means
+    for key, marker, label in (("diff", "o", "test-selected (paper protocol) − paper"),
+                               ("clean_diff", "s", "clean (last epoch) − paper")):
+        xs = [p["x"] for p in pts if p[key] is not None]
+        ys = [p[key] for p in pts if p[key] is not None]
+        style = ({"color": "tab:blue"} if key == "diff" else {"facecolors": "none", "edgecolors": "tab:orange"})
+        ax.scatter(xs, ys, marker=marker, s=30, zorder=3, label=label, **style)
+    if panel["groups"]:
+        ax.plot([], [], color="0.3", ls="--", lw=1.2, label="group mean − paper (dashed; clean: dotted)")
+    ax.set_xticks([p["x"] for p in pts])
+    ax.set_xticklabels([p["name"] for p in pts], rotation=60, ha="right", fontsize=8)
+    for tick, p in zip(ax.get_xticklabels(), pts):
+        if p["kind"] == "aggregate":
+            tick.set_fontweight("bold")
+        if p["diff"] is None and p["clean_diff"] is None:
+            tick.set_color("0.6")
+    ax.set_xlim(-0.7, pts[-1]["x"] + 0.7 if pts else 1)
+    bb = panel["backbone"] or "not a paper backbone: differences not meaningful"
+    ax.set_title(f"{panel['config'] or 'report'}: {panel['folder']} ({bb})", fontsize=9)
+    ax.set_ylabel("ours − paper (points)")
+    ax.margins(y=0.18)  # room for the group names
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+
+
+def _draw_scatter(ax, s: dict) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    for points, kw in ((s["paper"], {"marker": "o", "color": "0.35", "label": "papers, printed (hollow: computed)"}),
+                       (s["ours"], {"marker": "*", "s": 140, "color": "tab:red", "label": "ours, test-selected"})):
+        for i, p in enumerate(points):
+            style = dict(kw, label=kw["label"] if i == 0 else None)
+            if p.get("computed"):
+                style.update(facecolors="none", edgecolors=style.pop("color"))
+            ax.scatter([p["params_m"]], [p["acc"]], zorder=3, **style)
+            ax.annotate(p["label"], (p["params_m"], p["acc"]), textcoords="offset points", fontsize=8,
+                        xytext=(7, 4) if kw["marker"] == "o" else (7, -11))  # papers above, ours below
+    xs = [p["params_m"] for p in s["paper"] + s["ours"]]
+    ys = [p["acc"] for p in s["paper"] + s["ours"]]
+    if xs:
+        ax.set_xlim(min(xs) / 3, max(xs) * 3)
+        ax.set_ylim(min(ys) - 5, max(ys) + 5)
+    else:
+        ax.set_xlim(0.01, 10)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+    if s["not_plotted"]:
+        ax.text(0.01, 0.02, "not plotted: " + "; ".join(f"{p['label']} ({p['reason']})" for p in s["not_plotted"]),
+                transform=ax.transAxes, fontsize=8, va="bottom", wrap=True)
+    ax.set_xlabel("trainable parameters, M (log scale; ours: mean over tasks, with the head; papers: as printed)")
+    ax.set_ylabel(f"{s['key']} (%)")
+    ax.set_title(f"accuracy against trainable parameters: {s['label']}", fontsize=9)
+    if s["paper"] or s["ours"]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+
+
 # ------------------------------------------------------------------------------------------------------------- CLI
 def _reference_rows(spec: dict, backbone: str | None) -> tuple[list[T.PaperRow], str | None, list[str]]:
     """Pick the config's reference rows for ``backbone`` (falling back to the first listed backbone)."""
@@ -410,12 +644,19 @@ def _reference_rows(spec: dict, backbone: str | None) -> tuple[list[T.PaperRow],
     return rows, bb, notes
 
 
-def _markdown_problem(path: str) -> str | None:
-    """Why ``--markdown path`` cannot be written (checked before anything is printed), or None."""
+class _BadInput(Exception):
+    """One error line (``error: <message>``), exit 2."""
+
+
+OUTPUTS = (("markdown", "report.md"), ("json", "report.json"), ("csv", "report.csv"), ("plot", "report.png"))
+
+
+def _output_problem(path: str, example: str = "report.md") -> str | None:
+    """Why an output file ``path`` cannot be written (checked before anything is printed), or None."""
     p = Path(path)
     folder = p.parent
     if p.is_dir():
-        return "is a folder; pass a file name such as report.md"
+        return f"is a folder; pass a file name such as {example}"
     if not folder.is_dir():
         return f"folder {folder} does not exist; create it or pass a path in an existing folder"
     if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
@@ -423,47 +664,46 @@ def _markdown_problem(path: str) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("runs", help="sweep folder: every results.json below it is read")
-    ap.add_argument("--config", help="reproduce/configs/<name>.yaml (default: the one named like the folder)")
-    ap.add_argument("--tasks", nargs="*", help="expected tasks (default: every task of the config); "
-                                               "space- or comma-separated; any alias data.tasks accepts "
-                                               "(cifar100, svhn_cropped, Flowers102 ...)")
-    ap.add_argument("--backbone", help="compare with this paper backbone id instead of the runs' own")
-    ap.add_argument("--tolerance", type=float, default=1.0, help="flag |ours - paper| above this (points; default 1)")
-    ap.add_argument("--markdown", metavar="OUT.md", help="also write the report as Markdown")
-    ap.add_argument("--strict", action="store_true", help="exit 1 if a row is out of tolerance or a task is missing")
-    args = ap.parse_args(argv)
+def _check_outputs(args) -> None:
+    for name, example in OUTPUTS:
+        path = getattr(args, name)
+        if not path:
+            continue
+        problem = _output_problem(path, example)
+        if problem:
+            raise _BadInput(f"--{name} {path}: {problem}")
+    if args.plot:
+        if Path(args.plot).suffix.lower() != ".png":
+            raise _BadInput(f"--plot {args.plot}: not a .png file name; pass a name such as report.png")
+        if not _have_matplotlib():
+            raise _BadInput("--plot: matplotlib is not installed; pip install matplotlib (requirements.txt), or "
+                            "leave out --plot")
 
+
+def _have_matplotlib() -> bool:
+    """Whether matplotlib can be imported (looked up, not imported: verify.py stays usable without it)."""
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # e.g. a None or spec-less entry in sys.modules
+        return False
+
+
+def _sweep_report(root: Path, args, names: list[str]) -> Report:
+    """The report of one sweep folder (``_BadInput`` for a config that does not load, unknown tasks, mixed
+    backbones)."""
     from reproduce import taskcfg
 
-    root = Path(args.runs)
-    if not root.is_dir():  # a mistyped folder would otherwise print a table of "—" and exit 0
-        print(f"error: {root}: no such run folder; pass the sweep's folder $OUT/<config name> (e.g. "
-              "runs/reproduce/hta_vtab), or run the sweep first", file=sys.stderr)
-        return 2
-    md_problem = _markdown_problem(args.markdown) if args.markdown else None
-    if md_problem:
-        print(f"error: --markdown {args.markdown}: {md_problem}", file=sys.stderr)
-        return 2
     cfg_path = Path(args.config) if args.config else CONFIG_DIR / f"{root.name}.yaml"
     if not cfg_path.exists():
-        print(f"error: no config {cfg_path}; pass --config reproduce/configs/<name>.yaml", file=sys.stderr)
-        return 2
+        raise _BadInput(f"no config {cfg_path}; pass --config reproduce/configs/<name>.yaml")
     try:
         spec = taskcfg.load(cfg_path)
     except taskcfg.ConfigError as e:
-        print(f"error: --config: {e}", file=sys.stderr)
-        return 2
-    # split on commas and spaces, not inside "(...)": dsprites(predicted_attribute=...,num_classes=16) is one name
-    names = [t for item in (args.tasks or []) for t in re.findall(r"(?:[^\s,()]|\([^)]*\))+", item)]
+        raise _BadInput(f"--config: {e}") from None
     try:  # any name data.tasks.resolve_task accepts (aliases, TFDS names, any case) -> the config's canonical ids
         tasks = taskcfg.select(spec, names) if names else list(spec["tasks"])
     except taskcfg.ConfigError as e:
-        print(f"error: --tasks: {e} (config {cfg_path})", file=sys.stderr)
-        return 2
+        raise _BadInput(f"--tasks: {e} (config {cfg_path})") from None
     runs, problems = load_runs(root)
     foreign = sorted({r["dataset"] for r in runs} - set(tasks))
     runs = [r for r in runs if r["dataset"] in tasks]
@@ -475,8 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             other_method[task] = (found, expected)
     bbs = sorted({str(backbone_id(r.get("arch"), (r.get("pretrained") or {}).get("source"))) for r in runs})
     if len(bbs) > 1:
-        print(f"error: {root} mixes backbones {bbs}; verify one sweep at a time", file=sys.stderr)
-        return 2
+        raise _BadInput(f"{root} mixes backbones {bbs}; verify one sweep at a time")
     run_bb = None if not bbs or bbs[0] == "None" else bbs[0]
     refs, bb, notes = _reference_rows(spec, args.backbone or run_bb)
     notes += [f"NOTE: {p}" for p in problems]
@@ -493,20 +732,78 @@ def main(argv: list[str] | None = None) -> int:
               "(--strict fails)" for task, (found, expected) in other_method.items()]
     report = build_report(collect(runs), refs, tasks, args.tolerance, title=title, backbone=run_bb, notes=notes)
     report.other_method = list(other_method)
+    report.folder, report.config, report.methods = str(root), cfg_path.stem, methods
     if bb != run_bb and run_bb is not None:
         report.notes.append(f"Compared with {bb} rows (--backbone).")
-    sys.stdout.write(render_text(report))
-    if args.markdown:
+    return report
+
+
+def _write_outputs(args, reports: list[Report]) -> None:
+    """The requested files, each written atomically after the tables (a failed write: ``_BadInput``)."""
+    writers = {"markdown": lambda p: write_text_atomic(p, "\n".join(render_markdown(r) for r in reports)),
+               "json": lambda p: write_text_atomic(p, render_json(reports)),
+               "csv": lambda p: write_text_atomic(p, render_csv(reports)),
+               "plot": lambda p: plot(reports, p)}
+    for name, _ in OUTPUTS:
+        path = getattr(args, name)
+        if not path:
+            continue
         try:
-            write_text_atomic(Path(args.markdown), render_markdown(report))
+            writers[name](Path(path))
         except OSError as e:
-            print(f"error: --markdown {args.markdown}: cannot write ({e.strerror or e}); pass a path in a writable "
-                  "folder", file=sys.stderr)
-            return 2
-        print(f"markdown: {args.markdown}")
-    if args.strict and not report.strict_ok():
-        print(f"strict: {len(report.out_of_tolerance)} row(s) out of tolerance, {len(report.missing)} task(s) "
-              f"missing, {len(report.other_method)} task(s) with runs of another method", file=sys.stderr)
+            raise _BadInput(f"--{name} {path}: cannot write ({e.strerror or e}); pass a path in a writable "
+                            "folder") from None
+        print(f"{name}: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    head, _, rest = __doc__.partition("\n\n")
+    ap = ArgumentParser(description=head, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=rest)
+    ap.add_argument("runs", nargs="+", help="sweep folder(s): every results.json below each is read; several folders "
+                                            "give one table each (and with --plot the accuracy-vs-parameters panel)")
+    ap.add_argument("--config", help="reproduce/configs/<name>.yaml (default: the one named like the folder)")
+    ap.add_argument("--tasks", nargs="*", help="expected tasks (default: every task of the config); "
+                                               "space- or comma-separated; any alias data.tasks accepts "
+                                               "(cifar100, svhn_cropped, Flowers102 ...)")
+    ap.add_argument("--backbone", help="compare with this paper backbone id instead of the runs' own")
+    ap.add_argument("--tolerance", type=float, default=1.0, help="flag |ours - paper| above this (points; default 1)")
+    ap.add_argument("--markdown", metavar="OUT.md", help="also write the report as Markdown")
+    ap.add_argument("--json", metavar="OUT.json", help="also write every number of the report as JSON "
+                                                       "({\"reports\": [...]}, one per folder; unrounded)")
+    ap.add_argument("--csv", metavar="OUT.csv", help="also write every number of the report as one CSV (columns: "
+                                                     "folder, config, kind, the row fields, value, text)")
+    ap.add_argument("--plot", metavar="OUT.png", help="also draw ours - paper per task with the tolerance band "
+                                                      "(and, with several folders, accuracy against trainable "
+                                                      "parameters); needs matplotlib")
+    ap.add_argument("--strict", action="store_true", help="exit 1 if a row is out of tolerance or a task is missing")
+    args = ap.parse_args(argv)
+
+    try:
+        roots = [Path(r) for r in args.runs]
+        for root in roots:
+            if not root.is_dir():  # a mistyped folder would otherwise print a table of "—" and exit 0
+                raise _BadInput(f"{root}: no such run folder; pass the sweep's folder $OUT/<config name> (e.g. "
+                                "runs/reproduce/hta_vtab), or run the sweep first")
+        seen = [r.resolve() for r in roots]
+        twice = next((r for i, r in enumerate(roots) if seen[i] in seen[:i]), None)
+        if twice is not None:
+            raise _BadInput(f"{twice}: given twice; pass each sweep folder once")
+        _check_outputs(args)
+        # split on commas and spaces, not inside "(...)": dsprites(predicted_attribute=...,num_classes=16) is one name
+        names = [t for item in (args.tasks or []) for t in re.findall(r"(?:[^\s,()]|\([^)]*\))+", item)]
+        reports = [_sweep_report(root, args, names) for root in roots]
+        sys.stdout.write("\n".join(render_text(r) for r in reports))
+        _write_outputs(args, reports)
+    except _BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failing = [r for r in reports if not r.strict_ok()]
+    if args.strict and failing:
+        n_out, n_missing, n_other = (sum(len(getattr(r, a)) for r in reports)
+                                     for a in ("out_of_tolerance", "missing", "other_method"))
+        print(f"strict: {n_out} row(s) out of tolerance, {n_missing} task(s) missing, {n_other} task(s) with runs of "
+              "another method" + (f" ({', '.join(r.config for r in failing)})" if len(reports) > 1 else ""),
+              file=sys.stderr)
         return 1
     return 0
 

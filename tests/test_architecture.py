@@ -77,14 +77,15 @@ def test_the_torch_free_modules_stay_torch_free():
 
 
 # Each option of train.py: flags and config keys users and sweeps rely on, and the keys of results.json.
-FLAGS = ["--method", "--method-args", "--dataset", "--data-root", "--cache-dir", "--arch", "--pretrained", "--img-size",
-         "--epochs", "--batch-size", "--eval-batch-size", "--lr", "--optimizer", "--momentum", "--scale-lr",
-         "--weight-decay", "--wd-scope", "--no-decay", "--warmup-epochs", "--schedule", "--min-lr-factor",
-         "--grad-clip", "--drop-rate", "--drop-path-rate", "--norm", "--fgvc-aug", "--fgvc-interpolation",
+FLAGS = ["--method", "--recipe", "--method-args", "--dataset", "--data-root", "--cache-dir", "--arch", "--model",
+         "--pretrained", "--img-size", "--epochs", "--batch-size", "--eval-batch-size", "--lr", "--optimizer", "--opt",
+         "--momentum", "--scale-lr", "--weight-decay", "--wd-scope", "--no-decay", "--warmup-epochs", "--schedule",
+         "--sched", "--min-lr-factor", "--grad-clip", "--clip-grad", "--drop-rate", "--drop-path-rate", "--norm", "--fgvc-aug", "--fgvc-interpolation",
          "--fgvc-source", "--data-workers", "--color-jitter", "--seed", "--precision", "--protocol", "--eval-every",
-         "--eval-last", "--eval-merged", "--eval-initial", "--device", "--compile", "--out", "--config", "--resume",
-         "--overwrite", "--stop-after-epochs"]
-RESULT_KEYS = ["method", "method_args", "arch", "pretrained", "dataset", "benchmark", "splits", "split_regenerated",
+         "--eval-last", "--eval-merged", "--eval-initial", "--device", "--compile", "--out", "--output", "--config",
+         "--resume", "--overwrite", "--stop-after-epochs"]
+ALIASES = ("--model", "--opt", "--sched", "--clip-grad", "--output")  # timm's names for the same options
+RESULT_KEYS = ["method", "method_args", "recipe", "arch", "pretrained", "dataset", "benchmark", "splits", "split_regenerated",
                "num_classes", "protocol", "seed", "precision", "compile", "epochs", "lr", "peak_lr", "optimizer",
                "weight_decay", "batch_size", "img_size", "norm", "color_jitter", "train_aug", "train_source",
                "acc_last", "acc_initial", "acc_best_test", "acc_best_test_epoch", "acc_best_test_note",
@@ -101,4 +102,5 @@ def test_flags_and_results_keys_are_the_documented_ones(tmp_path, cache):
     out = tmp_path / "run"
     run(["--method", "linear", "--dataset", "demo", *FAST, "--epochs", "1", "--out", out], cache)
     assert list(json.loads((out / "results.json").read_text())) == RESULT_KEYS
-    assert list(json.loads((out / "config.json").read_text())) == [f[2:].replace("-", "_") for f in FLAGS[:-4]]
+    options = [f[2:].replace("-", "_") for f in FLAGS[:-4] if f not in ALIASES]
+    assert list(json.loads((out / "config.json").read_text())) == options

@@ -134,9 +134,10 @@ def test_arc_conversion_errors():
 # -------------------------------------------------------------------------------------------------------- SNELL
 
 
-def official_snell_state_dict(rank=4, klora=False, seed=0, coeff=(0.1, -0.1)):
+def official_snell_state_dict(rank=4, klora_1=False, seed=0, coeff=(0.1, -0.1)):
+    """``klora_1``: the factor names of ``KLoRA`` (s = 0) in older commits; today KLoRA and SNELL both say In_Qs."""
     g = torch.Generator().manual_seed(seed)
-    a_name, b_name = ("In_Qs_1", "Out_Qs_1") if klora else ("In_Qs", "Out_Qs")
+    a_name, b_name = ("In_Qs_1", "Out_Qs_1") if klora_1 else ("In_Qs", "Out_Qs")
     sd = {"cls_token": _t(1, 1, D, g=g), "pos_embed": _t(1, TOKENS, D, g=g),
           "patch_embed.proj.weight": _t(D, 3, PATCH, PATCH, g=g), "patch_embed.proj.bias": _t(D, g=g)}
     shapes = {"q": (D, D), "k": (D, D), "v": (D, D), "proj": (D, D), "fc1": (D, HIDDEN), "fc2": (HIDDEN, D)}
@@ -181,9 +182,9 @@ def official_snell_forward(sd, x, sparsity):
     return _lin(sd, "head", _ln_apply(sd, "norm", t)[:, 0])
 
 
-@pytest.mark.parametrize("sparsity", [0.9, 0.0])
-def test_snell_converted_model_matches_official_forward(sparsity):
-    off = official_snell_state_dict(rank=4, klora=sparsity == 0)
+@pytest.mark.parametrize("sparsity,klora_1", [(0.9, False), (0.0, False), (0.0, True)])
+def test_snell_converted_model_matches_official_forward(sparsity, klora_1):
+    off = official_snell_state_dict(rank=4, klora_1=klora_1)
     sd = from_official_snell(off, rank=4, sparsity=sparsity)
     args = model_args(sd)
     assert args == dict(arch="vit_micro_patch8", num_classes=C, img_size=IMG, rank=4)
@@ -204,10 +205,11 @@ def test_snell_conversion_errors():
         from_official_snell(official_snell_state_dict(coeff=(0.2, -0.1)), rank=4)
     with pytest.raises(ValueError, match="rank 4"):
         from_official_snell(off, rank=8)
-    with pytest.raises(ValueError, match="KLoRA"):
-        from_official_snell(official_snell_state_dict(klora=True), rank=4, sparsity=0.9)
-    with pytest.raises(ValueError, match="sparsity=0"):
-        from_official_snell(off, rank=4, sparsity=0.0)
+    with pytest.raises(ValueError, match="older KLoRA factors.*sparsity=0.9: pass sparsity=0"):
+        from_official_snell(official_snell_state_dict(klora_1=True), rank=4, sparsity=0.9)
+    mixed = {(k + "_1" if "additional_fc1" in k and k.endswith("Qs") else k): v for k, v in off.items()}
+    with pytest.raises(ValueError, match="mixes the older KLoRA names"):
+        from_official_snell(mixed, rank=4, sparsity=0.0)
     with pytest.raises(ValueError, match="not part of a ssfgunner/SNELL checkpoint: blocks.0.attn.qkv.weight"):
         from_official_snell({**off, "blocks.0.attn.qkv.weight": torch.zeros(3 * D, D)}, rank=4)
     missing = {k: v for k, v in off.items() if "additional_fc2.learnable.Out_Qs" not in k}
@@ -215,6 +217,27 @@ def test_snell_conversion_errors():
         from_official_snell(missing, rank=4)
     no_coeff = {k: v for k, v in off.items() if not k.endswith("shared_coeff_fc")}  # optional
     assert set(from_official_snell(no_coeff, rank=4)) == set(from_official_snell(off, rank=4))
+
+
+def test_snell_klora_checkpoint_converts_under_both_namings():
+    # s = 0 (KLoRA): today's official code names the factors In_Qs/Out_Qs like SNELL (s > 0), so the sparsity comes
+    # from the caller; older commits named them In_Qs_1/Out_Qs_1. Both give the same dense-K (unsparsified) model.
+    x = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
+    current, older = official_snell_state_dict(rank=4), official_snell_state_dict(rank=4, klora_1=True)
+    assert any(k.endswith(".In_Qs") for k in current) and any(k.endswith(".In_Qs_1") for k in older)
+    converted = [from_official_snell(off, rank=4, sparsity=0.0) for off in (current, older)]
+    assert converted[0].keys() == converted[1].keys()
+    assert all(torch.equal(converted[0][k], converted[1][k]) for k in converted[0])
+    ref = official_snell_forward(current, x, 0.0)  # KLoRA: y = x·Wᵀ + c + x·K, K = Σ_h α_h cdist(A_h, B_h), dense
+    for sd in converted:
+        model = models.create_model(method="snell", sparsity=0.0, **model_args(sd)).eval()
+        model.load_state_dict(sd, strict=True)
+        with torch.no_grad():
+            assert (model(x) - ref).abs().max() < 1e-5
+    sparse = models.create_model(method="snell", sparsity=0.9, **model_args(converted[0])).eval()
+    sparse.load_state_dict(from_official_snell(current, rank=4, sparsity=0.9), strict=True)
+    with torch.no_grad():
+        assert (sparse(x) - ref).abs().max() > 1e-3  # the caller's sparsity decides which model the file is
 
 
 def test_model_args_rejects_unknown_architectures():

@@ -26,8 +26,9 @@ def _images(tmp_path, n=4):
 
 
 def test_resize_crop_reaches_the_whole_long_side(tmp_path):
-    # ARC (docs/methods/arc.md §7.2): Resize(R) then RandomCrop(S) over the whole resized image, 96 x 32 here for S = 28; the
-    # cached path crops its 32 x 32 centre square, whose left columns span only ramp values ~[64, 72] (scaled)
+    # ARC (docs/methods/arc.md §7.2): Resize(R) then RandomCrop(S) over the whole resized image, 96 x 32 here for
+    # S = 28; the cached path crops its 32 x 32 centre square, whose left columns span only ramp values ~[64, 72]
+    # (scaled)
     loader = ImageLoader(_images(tmp_path), [0, 1, 2, 3], 4, Aug("resize_crop", hflip=0.0), 28, mean=ZERO, std=ONE,
                          num_workers=0)
     lefts = []
@@ -88,7 +89,8 @@ def test_bad_input_is_one_data_error(tmp_path):
 
 
 def test_train_py_trains_fgvc_from_the_image_files(tmp_path, monkeypatch):
-    # the whole path: train.py --fgvc-source images on a small CUB-style tree (3 classes; the documented count is patched)
+    # the whole path: train.py --fgvc-source images on a small CUB-style tree (3 classes; the documented count is
+    # patched)
     import train
     from data import fgvc
     from data.fgvc_splits import write_splits

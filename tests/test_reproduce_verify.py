@@ -1,6 +1,7 @@
 """reproduce/: the paper tables and the verification table (docs/benchmarks.md §7, paper_tables/README.md)."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -280,3 +281,233 @@ def test_runs_of_another_method_are_named_per_task_and_fail_strict(hta_sweep, ca
     assert "1 task(s) with runs of another method" in capsys.readouterr().err
     (root / "dtd" / "seed7" / "results.json").unlink()
     assert verify.main([str(root), "--strict"]) == 0
+
+
+# ------------------------------------------------------------------------------------- --json, --csv, --plot, --help
+@pytest.fixture
+def built(monkeypatch):
+    """The reports main() builds (each built once), to compare its files and its plot with."""
+    reports, real = [], verify.build_report
+    monkeypatch.setattr(verify, "build_report", lambda *a, **k: reports.append(real(*a, **k)) or reports[-1])
+    return reports
+
+
+def _row_line(text: str, label: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(label + " ") or line == label)
+
+
+def test_json_and_csv_hold_every_number_of_the_table(hta_sweep, tmp_path, capsys, built):
+    root, paper = hta_sweep
+    _write(root, _result("dtd", paper["dtd"] - 1.5, seed=43))  # two seeds: a std
+    _write(root / "clean", _result("cifar", 0.0, seed=7, protocol="clean", val_selected=88.0))  # the val column
+    js, cs = tmp_path / "t.json", tmp_path / "t.csv"
+    assert verify.main([str(root), "--json", str(js), "--csv", str(cs)]) == 0
+    out = capsys.readouterr().out
+    assert f"json: {js}\ncsv: {cs}\n" in out and not list(tmp_path.glob(".t.*"))  # written, no temporary left
+    (rep,) = built
+    doc = json.loads(js.read_text())
+    (d,) = doc["reports"]
+    fields = verify.ROW_FIELDS
+    assert d["rows"] == [{f: getattr(r, f) for f in fields} for r in rep.rows]  # unrounded, every row
+    assert [r["name"] for r in d["rows"]] == list(K.VTAB_TASKS) + ["mean_natural", "mean_specialized",
+                                                                   "mean_structured", "mean_19", "mean_groups"]
+    rows = {r["name"]: r for r in d["rows"]}
+    assert rows["dtd"]["n"] == 2 and rows["dtd"]["ours_std"] == pytest.approx(1.0 / 2 ** 0.5)  # -0.5 and -1.5
+    assert rows["cifar"]["val_last"] == 88.0 and d["has_val_last"] and rows["cifar"]["flag"] == "OUT"
+    assert rows["mean_groups"]["paper_source"] == "HTA Table 1 (computed)" and rows["mean_19"]["n_total"] == 19
+    assert d["params"] == rep.params and d["perf"] == rep.perf and d["notes"] == rep.notes and d["notes"]
+    assert (d["folder"], d["config"], d["methods"], d["tolerance"]) == (str(root), "hta_vtab", ["hta"], 1.0)
+    assert d["out_of_tolerance"] == ["cifar"] and d["missing"] == [] and d["strict_ok"] is False
+    # the printed table shows the same numbers, rounded
+    for r in d["rows"]:
+        line = _row_line(out, r["label"])
+        cells = [verify._fmt(r["ours"], r["ours_std"]), r["paper_printed"], verify._fmt_diff(r["diff"]), r["flag"],
+                 verify._fmt(r["clean"], r["clean_std"]), verify._fmt_diff(r["clean_diff"]), r["paper_source"]]
+        if r["val_last"] is not None:
+            cells.append(verify._fmt(r["val_last"]))
+        assert all(c in line for c in cells), (line, cells)
+        assert (f"{r['n']}/{r['n_total']}" if r["n_total"] else str(r["n"])) in line.split()
+    for x in d["summary"] + d["notes"]:
+        assert x in out
+    assert f"ours {d['params']['ours_m']:.4f} M with the head, {d['params']['ours_no_head_m']:.4f} M without" in out
+    assert f"peak memory {d['perf']['peak_mem_mb']:.0f} MB, training {d['perf']['img_per_s']:.1f} img/s" in out
+    # the CSV: the same values, unrounded, plus header / summary / note records
+    with open(cs, newline="", encoding="utf-8") as f:
+        recs = list(csv.DictReader(f))
+    assert tuple(recs[0]) == verify.CSV_COLUMNS
+    table = [r for r in recs if r["kind"] in ("task", "aggregate")]
+    assert [r["name"] for r in table] == [r.name for r in rep.rows]
+    for rec, row in zip(table, rep.rows):
+        for f in fields:
+            want = getattr(row, f)
+            got = rec[f]
+            if want is None:
+                assert got == "", (row.name, f)
+            elif isinstance(want, (int, float)):
+                assert float(got) == want, (row.name, f)
+            else:
+                assert got == want, (row.name, f)
+        assert (rec["folder"], rec["config"]) == (str(root), "hta_vtab")
+    summary = {r["name"]: r for r in recs if r["kind"] == "summary"}
+    assert float(summary["params_ours_m"]["value"]) == rep.params["ours_m"]
+    assert float(summary["params_ours_no_head_m"]["value"]) == rep.params["ours_no_head_m"]
+    assert float(summary["params_printed_m"]["value"]) == 0.22 and summary["params_printed_m"]["text"] == "0.22"
+    assert summary["params_verdict"]["text"] == rep.params["verdict"]
+    assert float(summary["peak_mem_mb"]["value"]) == rep.perf["peak_mem_mb"]
+    assert float(summary["img_per_s"]["value"]) == rep.perf["img_per_s"]
+    assert summary["out_of_tolerance"]["text"] == "cifar" and summary["missing"]["text"] == ""
+    assert [r["text"] for r in recs if r["kind"] == "note"] == rep.notes
+    header = {r["name"]: r for r in recs if r["kind"] == "header"}
+    assert float(header["tolerance"]["value"]) == 1.0 and header["backbone"]["text"] == "vit_b16_in21k"
+
+
+def _arc_sweep(tmp_path: Path, tasks=K.VTAB_TASKS) -> Path:
+    paper = tables.find("HTA", "Table 1", "vit_b16_in21k", "ARC").values
+    root = tmp_path / "arc_vtab"
+    for t in tasks:
+        _write(root, {**_result(t, paper[t] - 0.7), "method": "arc", "params_trainable": 170_000 + 769 * 47,
+                      "params_trainable_no_head": 170_000})
+    return root
+
+
+def test_plot_png_and_its_values_are_the_tables(hta_sweep, tmp_path, capsys, built):
+    import matplotlib  # noqa: F401  (a requirement: --plot draws with it)
+
+    hta, _ = hta_sweep
+    arc = _arc_sweep(tmp_path)
+    png, js = tmp_path / "cmp.png", tmp_path / "cmp.json"
+    assert verify.main([str(hta), str(arc), "--plot", str(png), "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("hta_vtab: 19 run(s)") < out.index("arc_vtab: 19 run(s)") and f"plot: {png}\n" in out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 30_000
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width >= 800 and height >= 3 * 400  # two per-task panels and the accuracy-vs-parameters panel
+    hta_rep, arc_rep = built
+    drawn = verify.plot(built, tmp_path / "again.png")  # what plot() draws is plot_data() of the same reports
+    assert drawn == verify.plot_data(built)
+    reports = json.loads(js.read_text())["reports"]
+    for panel, rep, d in zip(drawn["panels"], built, reports):
+        assert panel["folder"] == rep.folder and panel["tolerance"] == 1.0
+        assert [(p["name"], p["diff"], p["clean_diff"]) for p in panel["points"]] == \
+            [(r.name, r.diff, r.clean_diff) for r in rep.rows] == \
+            [(r["name"], r["diff"], r["clean_diff"]) for r in d["rows"]]  # table order, the table's differences
+        xs = [p["x"] for p in panel["points"]]
+        assert xs[:19] == list(range(19)) and xs[19] == 20  # the means after a gap
+        assert [(g["key"], g["x0"], g["x1"]) for g in panel["groups"]] == \
+            [("mean_natural", 0, 6), ("mean_specialized", 7, 10), ("mean_structured", 11, 18)]
+        rows = {r.name: r for r in rep.rows}
+        assert all(g["diff"] == rows[g["key"]].diff for g in panel["groups"])
+    (s,) = drawn["scatter"]
+    assert s["key"] == "mean_19" and not s["not_plotted"]
+    assert [(p["label"], p["params_m"], p["acc"]) for p in s["ours"]] == \
+        [(", ".join(rep.methods), rep.params["ours_m"], rep.rows[K.VTAB_TASKS.__len__() + 3].ours)
+         for rep in (hta_rep, arc_rep)]
+    assert [p["label"] for p in s["ours"]] == ["hta", "arc"]
+    assert [(p["params_m"], p["acc"], p["computed"]) for p in s["paper"]] == [
+        (0.22, 74.7, False), (tables.find("HTA", "Table 1", "vit_b16_in21k", "ARC").values["params_m"],
+                              tables.find("HTA", "Table 1", "vit_b16_in21k", "ARC").values["mean_19"], False)]
+    assert s["paper"][0]["label"] == "HTA (HTA Table 1)" and s["paper"][1]["label"] == "ARC (HTA Table 1)"
+    for p, d in zip(s["ours"], reports):
+        assert p["acc"] == next(r["ours"] for r in d["rows"] if r["name"] == "mean_19")
+        assert p["params_m"] == d["params"]["ours_m"]
+
+
+def test_plot_without_a_complete_mean_says_what_is_not_plotted(hta_sweep, tmp_path, built, capsys):
+    hta, _ = hta_sweep
+    arc = _arc_sweep(tmp_path, tasks=("cifar", "dtd"))
+    png = tmp_path / "p.png"
+    assert verify.main([str(hta), str(arc), "--plot", str(png)]) == 0 and png.stat().st_size > 20_000
+    (s,) = verify.plot_data(built)["scatter"]
+    assert [p["label"] for p in s["ours"]] == ["hta"]
+    assert s["not_plotted"] == [{"folder": str(arc), "label": "arc", "reason": "mean_19 needs all 19 tasks, 2 have "
+                                 "results"}]
+    assert len(s["paper"]) == 2  # the papers' points are drawn all the same
+    assert verify.plot_data(built[:1])["scatter"] == []  # one folder: only its per-task panel
+
+
+def test_bad_output_paths_are_one_error_line_before_the_table(hta_sweep, tmp_path, capsys, monkeypatch):
+    root, _ = hta_sweep
+    cases = [(["--plot", str(tmp_path / "no" / "p.png")], "--plot", "does not exist; create it"),
+             (["--plot", str(tmp_path / "p.svg")], "--plot", "not a .png file name; pass a name such as report.png"),
+             (["--json", str(tmp_path)], "--json", "is a folder; pass a file name such as report.json"),
+             (["--csv", str(tmp_path / "no" / "t.csv")], "--csv", "does not exist")]
+    for extra, flag, why in cases:
+        assert verify.main([str(root), *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1, captured
+        assert captured.err.startswith(f"error: {flag} {extra[1]}: ") and why in captured.err, captured.err
+    monkeypatch.setattr(verify, "_have_matplotlib", lambda: False)
+    assert verify.main([str(root), "--plot", str(tmp_path / "p.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ("error: --plot: matplotlib is not installed; pip install "
+                                                   "matplotlib (requirements.txt), or leave out --plot\n")
+    assert sorted(tmp_path.iterdir()) == [root]  # nothing written
+
+
+def test_several_folders_errors_and_strict(hta_sweep, tmp_path, capsys):
+    hta, paper = hta_sweep
+    arc = _arc_sweep(tmp_path)
+    typo = tmp_path / "arc_vtb"
+    assert verify.main([str(hta), str(typo)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"error: {typo}: no such run folder; pass the sweep's")
+    assert verify.main([str(hta), str(hta)]) == 2
+    assert capsys.readouterr().err == f"error: {hta}: given twice; pass each sweep folder once\n"
+    assert verify.main([str(hta), str(arc), "--strict"]) == 1  # cifar is OUT in the HTA sweep
+    assert capsys.readouterr().err == ("strict: 1 row(s) out of tolerance, 0 task(s) missing, 0 task(s) with runs "
+                                       "of another method (hta_vtab)\n")
+    assert verify.main([str(hta), str(arc), "--strict", "--tolerance", "2.5"]) == 0
+    md = tmp_path / "both.md"
+    assert verify.main([str(hta), str(arc), "--markdown", str(md)]) == 0
+    assert md.read_text().count("## hta_vtab") == 1 and md.read_text().count("## arc_vtab") == 1
+
+
+def test_help_prints_the_description_once(capsys):
+    with pytest.raises(SystemExit) as e:
+        verify.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for part in ("Compare a sweep's ``results.json`` files", "What is printed, per task then per aggregate",
+                 "--tolerance 0.5 --markdown snell_fgvc.md --strict", "Several seeds of one task are averaged"):
+        assert out.count(part) == 1, part
+    assert "--json OUT.json" in out and "--csv OUT.csv" in out and "--plot OUT.png" in out
+
+
+def test_verify_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['matplotlib'] = None; from reproduce import verify; "
+            "print(verify._have_matplotlib())")  # importable, and --plot is refused cleanly, without matplotlib
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr
+    code = "import sys; from reproduce import verify; print('matplotlib' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr
+
+
+# ------------------------------------------------------------------------------------------ the clean-column notes
+def test_every_selection_kind_has_its_clean_note():
+    from reproduce import taskcfg
+
+    assert set(taskcfg.SELECTIONS) == set(verify.CLEAN_NOTES)
+
+
+def test_hta_fgvc_note_does_not_claim_nothing_was_test_selected(tmp_path, capsys):
+    """hta_fgvc.yaml takes ARC's per-dataset values, which ARC selected on the test set: its clean column is not
+    free of test-set selection, and the note says so (``selection: borrowed``)."""
+    from reproduce import taskcfg
+
+    cfg = ROOT / "reproduce/configs/hta_fgvc.yaml"
+    assert taskcfg.load(cfg)["selection"] == "borrowed"
+    root = tmp_path / "hta_fgvc"
+    for t in K.FGVC_TASKS:
+        _write(root, _result(t, 85.0))
+    assert verify.main([str(root)]) == 0
+    out = capsys.readouterr().out
+    note = verify.CLEAN_NOTES["borrowed"]
+    assert note in out and "nothing was selected on the test set" not in out
+    assert "another method's" in note and "selected on the test set" in note and "not clean" in note
+    # project defaults (hta_vtab: nothing released, nothing tuned) keep their note
+    assert "nothing was selected on the test set" in verify.clean_note("default", "", ["cifar"])

@@ -125,10 +125,22 @@ def test_tensorboard_events_hold_the_documented_tags(cache, tmp_path):
     assert {"train/loss", "train/lr", "train/acc", "eval/test/acc", "perf/img_per_s"} <= tags, tags
     steps = [e.step for e in acc.Scalars("train/loss")]
     assert steps == list(range(len(steps))) and len(steps) == 2 * 1000 // 50  # per step, no gaps
+    # the epoch's mean loss on the epoch axis of the evaluations, equal to the history's
+    res = json.loads((out / "results.json").read_text())
+    epoch_loss = acc.Scalars("train/loss_epoch")
+    assert [e.step for e in epoch_loss] == [e.step for e in acc.Scalars("eval/test/acc")] == [1, 2]
+    assert [e.value for e in epoch_loss] == pytest.approx([r["loss"] for r in res["history"]], rel=1e-6)
     hp = EventAccumulator(str(out / "tb" / "hparams"))
     hp.Reload()
     assert "_hparams_/session_start_info" in hp.summary_metadata  # the run's hyper-parameters (add_hparams)
     assert {"hparam/acc_last", "hparam/acc_best_test"} <= set(hp.Tags()["scalars"])
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    info = plugin_data_pb2.HParamsPluginData.FromString(
+        hp.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info.hparams
+    assert info["method_args/rank"].number_value == 1 and info["method_args/dropout"].number_value == 0.0
+    assert info["method_args/impl"].string_value == "merged" and "method_args" not in info  # defaults too, one each
+    assert info["lr"].number_value == 1e-2 and info["method"].string_value == "hta"
 
 
 def test_resumed_run_has_each_tensorboard_point_once(cache, tmp_path):
@@ -402,3 +414,12 @@ def test_compiled_training_forward_trains_as_the_eager_one(cache, tmp_path):
     eager, compiled = ([h["loss"] for h in results[m]["history"]] for m in ("none", "default"))
     assert len(eager) == 2 and eager[1] < eager[0]
     assert compiled == pytest.approx(eager, rel=1e-4)  # the same arithmetic, fused: rounding apart only
+
+
+def test_each_evaluation_reports_one_line_in_a_log(cache, tmp_path):
+    # not a terminal (captured): one summary line per evaluation on stderr, none per batch; stdout as before
+    p = run(["--method", "linear", "--dataset", "demo", *FAST, "--epochs", "3", "--eval-every", "2", "--eval-last", "1",
+             "--out", tmp_path / "r"], cache)
+    lines = [line for line in p.stderr.splitlines() if line.startswith("evaluat")]
+    assert len(lines) == 2 and all(line.startswith("evaluated demo test: 300 images in ") for line in lines), lines
+    assert not [line for line in p.stdout.splitlines() if line.startswith("evaluat")]
