@@ -75,7 +75,7 @@ def make_aug(aug: Any, benchmark: str) -> Aug:
     raise DataError(f"aug must be None, a name ({', '.join(AUG_KINDS)}), a dict or data.Aug; got {aug!r}")
 
 
-def _seed_for(seed: int, epoch: int, stream: int) -> int:
+def _seed_for(seed: int, epoch: int, stream: int | str) -> int:
     h = hashlib.sha256(f"vit_peft.loader:{int(seed)}:{int(epoch)}:{stream}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
@@ -84,9 +84,13 @@ class Loader:
     def __init__(self, split: Split, batch_size: int, shuffle: bool = False, train: bool = False,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
                  img_size: int | None = None, device: str | torch.device = "cpu", seed: int = 0,
-                 drop_last: bool = False, aug: Any = None, resident: bool | str = "auto"):
+                 drop_last: bool = False, aug: Any = None, resident: bool | str = "auto",
+                 shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.rank, self.world = (int(v) for v in shard)
+        if not 0 <= self.rank < self.world:
+            raise DataError(f"shard {shard}: the rank must be in [0, world size)")
         if len(split) == 0:
             raise DataError(f"split {split.name}/{split.split} is empty")
         self.split = split
@@ -120,8 +124,11 @@ class Loader:
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        """Batches per epoch (every rank of a sharded training loader yields as many)."""
+        if self.world > 1 and not self.shuffle:  # this rank's part of the split
+            n = len(range(self.rank, len(self.split), self.world))
+            return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return len(self.global_sizes())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -195,7 +202,9 @@ class Loader:
 
     # -- transforms (on device) --------------------------------------------------------------------
     def _gen(self, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed(_seed_for(self.seed, epoch, 1))
+        """Augmentation draws of an epoch; each rank of a shard has its own stream (the same draws on every rank
+        would give their slices the same crops)."""
+        return torch.Generator().manual_seed(_seed_for(self.seed, epoch, 1 if self.rank == 0 else f"1/{self.rank}"))
 
     def _eval_geometry(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or float (B,3,H,W) -> (B,3,S,S) deterministically."""
@@ -280,14 +289,36 @@ class Loader:
         return out
 
     # -- iteration ---------------------------------------------------------------------------------
+    def _batches(self, order: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """This rank's index batches of an epoch.
+
+        One process (``shard=(0, 1)``): batches of ``batch_size`` in ``order``. Sharded training (``shuffle``):
+        ``batch_size`` is the GLOBAL batch; every rank cuts the same global batches from the same seed-and-epoch
+        order and takes every ``world``-th sample of each (``[rank::world]``), so the ranks together see exactly the
+        one-process batches; a last global batch smaller than the world (some rank would get none) is dropped.
+        Sharded evaluation (no shuffle): the split's samples ``[rank::world]``, in batches of ``batch_size``: every
+        sample is read by exactly one rank."""
+        order = self.order() if order is None else order
+        n, bs = len(order), self.batch_size
+        if self.world > 1 and not self.shuffle:
+            order, n = order[self.rank::self.world], len(order[self.rank::self.world])
+        stop = (n // bs) * bs if self.drop_last else n
+        batches = [order[lo:lo + bs] for lo in range(0, stop, bs)]
+        if self.world > 1 and self.shuffle:
+            batches = [b[self.rank::self.world] for b in batches if len(b) >= self.world]
+        return batches
+
+    def global_sizes(self) -> list[int]:
+        """The global batch size of each step of an epoch (sharded training: the sum over the ranks' slices)."""
+        n, bs = len(self.split), self.batch_size
+        stop = (n // bs) * bs if self.drop_last else n
+        sizes = [min(bs, stop - lo) for lo in range(0, stop, bs)]
+        return [s for s in sizes if s >= self.world] if self.world > 1 and self.shuffle else sizes
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
-        order = self.order(epoch)
         g = self._gen(epoch) if self.train and self.aug.kind != "none" else None
-        n, bs = len(order), self.batch_size
-        stop = (n // bs) * bs if self.drop_last else n
-        for k, lo in enumerate(range(0, stop, bs)):
-            idx = order[lo:lo + bs]
+        for k, idx in enumerate(self._batches(self.order(epoch))):
             x, y = self._fetch(idx, k % 2)
             x = self._transform(x, g)
             yield x, y

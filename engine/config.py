@@ -315,7 +315,8 @@ def from_mapping(values: dict, where: str = "") -> RunConfig:
 def from_json(values: dict) -> RunConfig:
     """A run's saved ``config.json`` back as a RunConfig (lists as tuples, as the flags give them)."""
     fixed = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in OPTIONS}
-    fixed["method_args"] = {k: tuple(v) if isinstance(v, list) else v for k, v in (fixed.get("method_args") or {}).items()}
+    args = fixed.get("method_args") or {}
+    fixed["method_args"] = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     return RunConfig(**fixed)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import data
 
 from .config import RunConfig
+from .dist import World
 from .errors import RunError
 
 __all__ = ["RunData", "build_data", "eval_loader"]
@@ -35,10 +36,11 @@ def _check_augmentation(cfg: RunConfig, benchmark: str, name: str) -> None:
                        "is read from its cache (no augmentation, docs/benchmarks.md §4), so set it to cache")
 
 
-def build_data(cfg: RunConfig) -> RunData:
+def build_data(cfg: RunConfig, world: World = World()) -> RunData:
     """Load the protocol's splits (training, selection when clean, test) and build their loaders. FGVC trains with
     ``fgvc_aug`` (+ colour jitter), from the cache or, with ``fgvc_source: images``, from the original files
-    decoded every epoch (data/images.py); VTAB and demo tasks train without augmentation."""
+    decoded every epoch (data/images.py); VTAB and demo tasks train without augmentation. Under torchrun every
+    loader is this rank's shard (``data.Loader(shard=...)``): the same global batches, each image evaluated once."""
     benchmark, name = data.resolve_task(cfg.dataset)
     _check_augmentation(cfg, benchmark, name)
     train_name, val_name = data.tasks.protocol_splits(benchmark, cfg.protocol)
@@ -66,11 +68,13 @@ def build_data(cfg: RunConfig) -> RunData:
                                              num_workers=cfg.data_workers)}
     else:
         loaders = {"train": data.Loader(splits["train"], cfg.batch_size, shuffle=True, train=True, seed=cfg.seed,
-                                        aug=aug, mean=mean, std=std, img_size=cfg.img_size, device=cfg.device)}
+                                        aug=aug, mean=mean, std=std, img_size=cfg.img_size, device=cfg.device,
+                                        shard=(world.rank, world.size))}
     for role in ("val", "test"):
         if role in splits:
             loaders[role] = data.Loader(splits[role], cfg.eval_batch_size, shuffle=False, train=False, mean=mean,
-                                        std=std, img_size=cfg.img_size, device=cfg.device)
+                                        std=std, img_size=cfg.img_size, device=cfg.device,
+                                        shard=(world.rank, world.size))
     return RunData(benchmark, name, splits, loaders)
 
 

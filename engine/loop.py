@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import RunConfig
+from .dist import all_sum
 from .errors import Diverged, RunError
 
 __all__ = ["NO_DECAY_NAMES", "autocast", "compiled", "param_groups", "peak_lr", "build_optimizer", "lr_at",
@@ -105,6 +106,11 @@ def train_one_epoch(forward, model: torch.nn.Module, opt: torch.optim.Optimizer,
     params = [p for p in model.parameters() if p.requires_grad]
     steps_per_epoch = len(loader)
     loader.set_epoch(epoch)
+    # Under torchrun each rank holds a slice of every global batch and DDP averages the ranks' gradients: a rank's
+    # loss is its slice's summed cross-entropy over the global batch size, times the world size, so that average is
+    # exactly the global batch's mean gradient (a one-process run keeps the plain mean).
+    world = getattr(loader, "world", 1)
+    global_sizes = loader.global_sizes() if world > 1 else None
     losses, correct, seen = [], torch.zeros((), dtype=torch.long, device=device), 0
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -112,14 +118,17 @@ def train_one_epoch(forward, model: torch.nn.Module, opt: torch.optim.Optimizer,
     last = f" (previous loss {state['history'][-1]['loss']:.4f})" if state["history"] else ""
     points: list[tuple[str, float, int]] = []
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}{last}", leave=False, dynamic_ncols=True,
-               disable=not sys.stderr.isatty())
-    for x, y in bar:
+               disable=not sys.stderr.isatty() or getattr(loader, "rank", 0) != 0)
+    for k, (x, y) in enumerate(bar):
         lr = lr_at(cfg, state["step"], epoch, steps_per_epoch)
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast(device, cfg.precision):
             logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y)
+            if global_sizes is None:
+                loss = F.cross_entropy(logits.float(), y)
+            else:
+                loss = F.cross_entropy(logits.float(), y, reduction="sum") * (world / global_sizes[k])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -135,7 +144,12 @@ def train_one_epoch(forward, model: torch.nn.Module, opt: torch.optim.Optimizer,
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
-    step_losses = torch.stack(losses).float().cpu()
+    step_losses = torch.stack(losses).float()
+    if world > 1:  # the global batch's mean loss of each step, and the epoch's counts over all ranks
+        step_losses = all_sum(step_losses) / world
+        counts = all_sum(torch.stack([correct, torch.tensor(seen, device=device)]))
+        correct, seen = counts[0], int(counts[1])
+    step_losses = step_losses.cpu()
     bad = (~torch.isfinite(step_losses)).nonzero()
     if len(bad):
         i = int(bad[0])
@@ -174,27 +188,29 @@ def eval_network(model: torch.nn.Module, merged: bool) -> torch.nn.Module:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device, precision: str, report: bool = True) -> float:
-    """Top-1 accuracy in percent over ``loader``. One host sync per call. With ``report``, progress as every long
-    step shows it (``data.progress``: a bar on a terminal, one summary line in a log)."""
+    """Top-1 accuracy in percent over ``loader``. One host sync per call. Under torchrun each rank reads its share
+    of the split and the counts are summed over the ranks: every image counts once. With ``report``, progress as
+    every long step shows it (``data.progress``: a bar on a terminal, one summary line in a log; rank 0 only)."""
     from data.progress import progress
 
-    split = loader.split
+    split, world = loader.split, getattr(loader, "world", 1)
     name = f"{split.name} {split.split}"
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    n = 0
-    with (progress(len(split), f"evaluating {name}", done=f"evaluated {name}", start_line=False) if report
+    counts = torch.zeros(2, dtype=torch.long, device=device)  # correct, seen
+    shown = report and getattr(loader, "rank", 0) == 0
+    with (progress(len(split), f"evaluating {name}", done=f"evaluated {name}", start_line=False) if shown
           else contextlib.nullcontext()) as bar:
         for x, y in loader:
             with autocast(device, precision):
                 logits = model(x)
-            correct += (logits.argmax(-1) == y).sum()
-            n += y.numel()
+            counts[0] += (logits.argmax(-1) == y).sum()
+            counts[1] += y.numel()
             if bar is not None:
-                bar.update(y.shape[0])  # host-side count: no sync
+                bar.update(y.shape[0] * world)  # host-side count (every rank reads as many, give or take one)
     model.train(was_training)
-    return 100.0 * correct.item() / max(n, 1)
+    correct, n = all_sum(counts).tolist()
+    return 100.0 * correct / max(n, 1)
 
 
 def evaluate_epoch(model: torch.nn.Module, loaders: dict, cfg: RunConfig, epoch: int) -> dict[str, float]:

@@ -34,6 +34,7 @@ import models
 from util.files import atomic_write, is_no_space, write_text_atomic
 
 from . import config as C
+from .dist import World, all_gather_objects
 from .errors import RunError
 from .loop import peak_lr
 
@@ -166,12 +167,17 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 CHECKPOINT_FORMAT = "vit_peft checkpoint 2"  # {"format", "sha256", "payload": torch.save bytes of the checkpoint}
 
 
-def save_checkpoint(cfg: C.RunConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+def save_checkpoint(cfg: C.RunConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict,
+                    world: World = World()) -> None:
     """``train_state.pt`` (trainable tensors, optimizer, RNG, loop state, config, with the SHA-256 of all of it),
-    then ``adapter.safetensors``."""
+    then ``adapter.safetensors``. Under torchrun every rank calls it (each rank's RNG state is gathered, so a resume
+    draws the same dropout masks on each) and rank 0 writes (the tensors and the optimizer are the same on all)."""
     out = Path(cfg.out)
-    ckpt = {"trainable": trainable_state(model), "optimizer": opt.state_dict(), "rng": rng_state(), "state": state,
-            "config": cfg.to_json()}
+    rngs = all_gather_objects(rng_state())
+    if not world.main:
+        return
+    ckpt = {"trainable": trainable_state(model), "optimizer": opt.state_dict(), "rng": rngs[0], "state": state,
+            "config": cfg.to_json(), "rng_by_rank": rngs}
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     payload = buf.getvalue()
@@ -211,11 +217,18 @@ def read_checkpoint(path: Path) -> dict:
     return torch.load(io.BytesIO(sealed["payload"]), map_location="cpu", weights_only=False)
 
 
-def load_checkpoint(cfg: C.RunConfig, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
-    """Restore the trainable tensors, the optimizer and the RNG states of ``<out>/train_state.pt``; returns the loop
-    state. A damaged checkpoint, or one of another model (other names or shapes), is one RunError."""
+def load_checkpoint(cfg: C.RunConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    world: World = World()) -> dict:
+    """Restore the trainable tensors, the optimizer and this rank's RNG states of ``<out>/train_state.pt``; returns
+    the loop state. A damaged checkpoint, one of another model (other names or shapes), or one written by another
+    number of processes, is one RunError."""
     path = Path(cfg.out) / "train_state.pt"
     ckpt = read_checkpoint(path)
+    rngs = ckpt.get("rng_by_rank", [ckpt["rng"]])
+    if len(rngs) != world.size:
+        run = f"torchrun --nproc_per_node={len(rngs)} train.py" if len(rngs) > 1 else "python train.py"
+        raise RunError(f"{path} was written by {len(rngs)} process(es) and this resume has {world.size}; continue it "
+                       f"with {run} --resume {path.parent}")
     try:
         missing = model.load_state_dict(ckpt["trainable"], strict=False)
     except RuntimeError as e:  # same names, other shapes (e.g. another rank)
@@ -223,7 +236,7 @@ def load_checkpoint(cfg: C.RunConfig, model: torch.nn.Module, opt: torch.optim.O
     if missing.unexpected_keys:
         raise RunError(f"{path}: checkpoint does not match the model ({missing.unexpected_keys[:3]})")
     opt.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"])
+    set_rng_state(rngs[world.rank])
     state = ckpt["state"]
     state.pop("best_val", None)  # checkpoints written before the clean protocol dropped best-epoch selection
     return state
@@ -302,7 +315,7 @@ def split_provenance(splits: dict) -> dict:
             for k, s in splits.items()}
 
 
-def results_record(cfg: C.RunConfig, model: torch.nn.Module, run_data, state: dict) -> dict:
+def results_record(cfg: C.RunConfig, model: torch.nn.Module, run_data, state: dict, world: World = World()) -> dict:
     """``results.json``: the method and its arguments, the backbone and its hash, the splits, every accuracy with
     how it was selected, parameter counts, speed and memory, versions and the git commit."""
     import data
@@ -333,7 +346,8 @@ def results_record(cfg: C.RunConfig, model: torch.nn.Module, run_data, state: di
         "params_trainable_no_head": models.count_parameters(model, head=False),
         "peak_mem_mb": max((r.get("peak_mem_mb", 0.0) for r in hist), default=0.0) or None,
         "train_img_per_s": state["train_images"] / max(state["train_time"], 1e-9),
-        "train_time_s": state["train_time"], "wall_s": state.get("wall_s", 0.0), "device": str(device),
+        "train_time_s": state["train_time"], "wall_s": state.get("wall_s", 0.0), "world_size": world.size,
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "versions": versions(), "git_commit": git_commit(), "history": hist,
     }

@@ -90,7 +90,7 @@ RESULT_KEYS = ["method", "method_args", "recipe", "arch", "pretrained", "dataset
                "weight_decay", "batch_size", "img_size", "norm", "color_jitter", "train_aug", "train_source",
                "acc_last", "acc_initial", "acc_best_test", "acc_best_test_epoch", "acc_best_test_note",
                "acc_val_last", "params_trainable", "params_trainable_no_head", "peak_mem_mb", "train_img_per_s",
-               "train_time_s", "wall_s", "device", "device_name", "versions", "git_commit", "history"]
+               "train_time_s", "wall_s", "world_size", "device", "device_name", "versions", "git_commit", "history"]
 
 
 def test_flags_and_results_keys_are_the_documented_ones(tmp_path, cache):
