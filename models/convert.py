@@ -1,4 +1,5 @@
-"""Official ARC and SNELL checkpoints -> state dicts for ``models.create_model`` (docs/methods/arc.md §2, docs/methods/snell.md §1–2).
+"""Official ARC and SNELL checkpoints -> state dicts for ``models.create_model`` (docs/methods/arc.md §2,
+docs/methods/snell.md §1–2).
 
     sd = models.convert.from_official_arc(torch.load("arc_cub.pth"), variant="arc_att")
     model = models.create_model(method="arc_att", **models.convert.model_args(sd))

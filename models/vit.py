@@ -5,7 +5,8 @@ token is prepended, final LayerNorm, linear head on the cls token, exact-GELU ML
 pre-logits), with two deliberate differences:
 
 * ``q``, ``k``, ``v`` and ``proj`` are **separate** ``nn.Linear`` layers, so per-projection adapters (HTA, SNELL, LoRA
-  on q/v) are ordinary module replacements (docs/methods/README.md "Conventions", docs/methods/arc.md §1, docs/methods/snell.md §1);
+  on q/v) are ordinary module replacements (docs/methods/README.md "Conventions", docs/methods/arc.md §1,
+  docs/methods/snell.md §1);
 * explicit **hook points** that methods fill in. Every hook is ``nn.Identity`` (or ``None`` for optional additive
   branches) until a method installs something, so an unadapted model computes exactly the timm ViT.
 
@@ -187,7 +188,8 @@ class VisionTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def reset_head(self, num_classes: int, init: str = "trunc_normal") -> None:
-        """Replace the classifier by a fresh ``Linear(D, num_classes)``; ``init`` is 'zeros' or 'trunc_normal' (std .02)."""
+        """Replace the classifier by a fresh ``Linear(D, num_classes)``; ``init`` is 'zeros' or 'trunc_normal'
+        (std .02)."""
         old = self.head
         head = nn.Linear(self.embed_dim, num_classes, device=old.weight.device, dtype=old.weight.dtype)
         if init == "zeros":

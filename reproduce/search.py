@@ -1,4 +1,5 @@
-"""Hyper-parameter search for HTA, whose paper publishes only its grid (docs/methods/hta.md §5.1–5.2, docs/benchmarks.md §6.2),
+"""Hyper-parameter search for HTA, whose paper publishes only its grid (docs/methods/hta.md §5.1–5.2,
+docs/benchmarks.md §6.2),
 and for ARC on ViT VTAB, which released no per-task values (docs/methods/arc.md §7.4: lr × wd × adapter dropout).
 
     python reproduce/search.py --config reproduce/configs/hta_vtab.yaml --tasks cifar dtd     # reduced staged grid
@@ -10,10 +11,10 @@ val.json) with the **last-epoch** validation top-1 (``acc_val_last``) — the te
 Ties go to the smaller lr (as VPT's ``tune_vtab.py``), then to the earlier grid point. The grids are the config's
 ``search:`` block:
 
-* default (reduced, docs/methods/hta.md §5.2 "staged"): ``stage1`` (lr × wd at batch 32, dropout 0.1), then ``stage2`` (batch ×
-  dropout at the stage-1 lr and wd);
-* ``--full``: the cartesian product of ``full`` (docs/methods/hta.md §5.1: 7 lr × 5 wd × 3 batch × 5 dropout = 525 runs per task;
-  ``arc_vtab.yaml``: 5 lr × 5 wd × 3 dropout = 75, its stages 25 + 2).
+* default (reduced, docs/methods/hta.md §5.2 "staged"): ``stage1`` (lr × wd at batch 32, dropout 0.1), then
+  ``stage2`` (batch × dropout at the stage-1 lr and wd);
+* ``--full``: the cartesian product of ``full`` (docs/methods/hta.md §5.1: 7 lr × 5 wd × 3 batch × 5 dropout = 525
+  runs per task; ``arc_vtab.yaml``: 5 lr × 5 wd × 3 dropout = 75, its stages 25 + 2).
 
 Grid keys that are train.py options (lr, weight_decay, batch_size) are set directly; the others (dropout) are method
 arguments. Trials live in ``$OUT/<config>_search/<task>/<trial>/`` and are skipped when their results.json exists, so
@@ -82,8 +83,8 @@ def apply_point(base: dict, point: dict) -> dict:
 
 
 def val_score(result: dict) -> float:
-    """Last-epoch validation top-1 of a ``protocol: clean`` run (docs/benchmarks.md §6.2 step 1): ``acc_val_last``, or the
-    last epoch's ``val_acc`` in the history of a results.json written before that field existed."""
+    """Last-epoch validation top-1 of a ``protocol: clean`` run (docs/benchmarks.md §6.2 step 1): ``acc_val_last``,
+    or the last epoch's ``val_acc`` in the history of a results.json written before that field existed."""
     if result.get("acc_val_last") is not None:
         return float(result["acc_val_last"])
     hist = result.get("history") or []

@@ -80,13 +80,14 @@ def test_the_torch_free_modules_stay_torch_free():
 FLAGS = ["--method", "--recipe", "--method-args", "--dataset", "--data-root", "--cache-dir", "--arch", "--model",
          "--pretrained", "--img-size", "--epochs", "--batch-size", "--eval-batch-size", "--lr", "--optimizer", "--opt",
          "--momentum", "--scale-lr", "--weight-decay", "--wd-scope", "--no-decay", "--warmup-epochs", "--schedule",
-         "--sched", "--min-lr-factor", "--grad-clip", "--clip-grad", "--drop-rate", "--drop-path-rate", "--norm", "--fgvc-aug", "--fgvc-interpolation",
+         "--sched", "--min-lr-factor", "--grad-clip", "--clip-grad", "--drop-rate", "--drop-path-rate", "--norm",
+         "--fgvc-aug", "--fgvc-interpolation",
          "--fgvc-source", "--data-workers", "--color-jitter", "--seed", "--precision", "--protocol", "--eval-every",
          "--eval-last", "--eval-merged", "--eval-initial", "--device", "--compile", "--out", "--output", "--config",
          "--resume", "--overwrite", "--stop-after-epochs"]
 ALIASES = ("--model", "--opt", "--sched", "--clip-grad", "--output")  # timm's names for the same options
-RESULT_KEYS = ["method", "method_args", "recipe", "arch", "pretrained", "dataset", "benchmark", "splits", "split_regenerated",
-               "num_classes", "protocol", "seed", "precision", "compile", "epochs", "lr", "peak_lr", "optimizer",
+RESULT_KEYS = ["method", "method_args", "recipe", "arch", "pretrained", "dataset", "benchmark", "splits",
+               "split_regenerated", "num_classes", "protocol", "seed", "precision", "compile", "epochs", "lr", "peak_lr", "optimizer",
                "weight_decay", "batch_size", "img_size", "norm", "color_jitter", "train_aug", "train_source",
                "acc_last", "acc_initial", "acc_best_test", "acc_best_test_epoch", "acc_best_test_note",
                "acc_val_last", "params_trainable", "params_trainable_no_head", "peak_mem_mb", "train_img_per_s",

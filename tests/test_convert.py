@@ -1,7 +1,7 @@
 """Official ARC / SNELL checkpoint layouts -> our models: the converted model computes what the official one does.
 
-The official models are re-stated here as small functional forwards written from the equations of (docs/methods/arc.md §2,
-docs/methods/snell.md §2–4), reading the official key layouts directly.
+The official models are re-stated here as small functional forwards written from the equations of
+(docs/methods/arc.md §2, docs/methods/snell.md §2–4), reading the official key layouts directly.
 """
 import math
 
@@ -157,7 +157,8 @@ def official_snell_state_dict(rank=4, klora_1=False, seed=0, coeff=(0.1, -0.1)):
 
 
 def official_snell_forward(sd, x, sparsity):
-    """VisionTransformerSNELL in eval mode: every linear y = x·Wᵀ + c + x·Kˢ, Kˢ from In_Qs/Out_Qs (docs/methods/snell.md §2–3)."""
+    """VisionTransformerSNELL in eval mode: every linear y = x·Wᵀ + c + x·Kˢ, Kˢ from In_Qs/Out_Qs
+    (docs/methods/snell.md §2–3)."""
 
     def k_sparse(prefix):
         a = sd.get(prefix + "In_Qs", sd.get(prefix + "In_Qs_1"))

@@ -1,4 +1,5 @@
-"""ARC / ARC_att (docs/methods/arc.md): counts, initialisation, sharing, identity at init, merge, training actually happens."""
+"""ARC / ARC_att (docs/methods/arc.md): counts, initialisation, sharing, identity at init, merge, training
+actually happens."""
 import copy
 import math
 
@@ -157,8 +158,8 @@ def test_recomposed_matrix_symmetric_and_merge_equals_float64_product():
 
 @pytest.mark.parametrize("method", ["arc", "arc_att"])
 def test_three_adamw_steps_train_every_trainable_tensor(method):
-    # docs/methods/arc.md §10 "Training actually happens" (guards against the official VTAB filter bug) and the §3 gradient
-    # order: zero head -> step 1 moves only the head; U_att needs λ_att ≠ 0 -> it first moves at step 3.
+    # docs/methods/arc.md §10 "Training actually happens" (guards against the official VTAB filter bug) and the §3
+    # gradient order: zero head -> step 1 moves only the head; U_att needs λ_att ≠ 0 -> it first moves at step 3.
     torch.manual_seed(0)
     m = _micro(method).train()
     trainable = {n: p for n, p in m.named_parameters() if p.requires_grad}

@@ -1,6 +1,6 @@
-"""Adapter (BASE-2), AdaptFormer, VPT shallow/deep and SSF (docs/methods/baselines.md §5–8): exact ViT-B/16 counts, init,
-hook placement, identity at init, VPT token layout, SSF merge equivalence, merge refusals, one optimizer step moves
-exactly the trainable tensors, bad kwargs."""
+"""Adapter (BASE-2), AdaptFormer, VPT shallow/deep and SSF (docs/methods/baselines.md §5–8): exact ViT-B/16
+counts, init, hook placement, identity at init, VPT token layout, SSF merge equivalence, merge refusals, one optimizer
+step moves exactly the trainable tensors, bad kwargs."""
 import math
 
 import pytest

@@ -1,4 +1,5 @@
-"""SNELL (docs/methods/snell.md): counts, kernel, sparsification, gradients, wiring, fast path == naive reference, merge."""
+"""SNELL (docs/methods/snell.md): counts, kernel, sparsification, gradients, wiring, fast path == naive
+reference, merge."""
 import math
 
 import numpy as np

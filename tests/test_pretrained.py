@@ -1,6 +1,6 @@
-"""Pre-trained weight loading (models/pretrained.py, docs/benchmarks.md §5): Google .npz, .safetensors, .pth and timm names
-into our separate-q/k/v ViT. CPU only, no network: the timm-name path runs with timm's hub call replaced by a local
-random model, and every name check happens before any download would."""
+"""Pre-trained weight loading (models/pretrained.py, docs/benchmarks.md §5): Google .npz, .safetensors, .pth and
+timm names into our separate-q/k/v ViT. CPU only, no network: the timm-name path runs with timm's hub call replaced by
+a local random model, and every name check happens before any download would."""
 import hashlib
 
 import numpy as np

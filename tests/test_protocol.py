@@ -1,4 +1,5 @@
-"""Evaluation protocols of train.py (docs/benchmarks.md §6) and the FGVC colour-jitter option (docs/methods/snell.md §8.1).
+"""Evaluation protocols of train.py (docs/benchmarks.md §6) and the FGVC colour-jitter option
+(docs/methods/snell.md §8.1).
 
 Clean protocol (§6.2): select on val200 by val top-1 at the LAST epoch (train800), retrain on train800val200 and report
 test top-1 at the LAST epoch, never the best epoch's. Tiny demo runs on the CPU, a few seconds each."""
@@ -23,8 +24,8 @@ from test_train import FAST, ROOT, run
 
 
 def scripted_evaluate(monkeypatch, curves: dict[str, list[float]]) -> list[str]:
-    """Replace engine.loop.evaluate: the n-th evaluation of a split returns curves[split][n] (training itself is real), so
-    the accuracy curve is known exactly; returns the log of the evaluated split names."""
+    """Replace engine.loop.evaluate: the n-th evaluation of a split returns curves[split][n] (training itself is real),
+    so the accuracy curve is known exactly; returns the log of the evaluated split names."""
     calls: list[str] = []
 
     def fake(model, loader, device, precision):

@@ -252,7 +252,8 @@ def test_stale_temp_removal_spares_live_writers_and_other_hosts(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = files.socket.gethostname().replace(".", "_")
-    names = [f".x.npy.{host}-{dead.pid}.a.tmp", f".x.npy.{host}-{os.getpid()}.b.tmp", f".x.npy.otherhost-{dead.pid}.c.tmp"]
+    names = [f".x.npy.{host}-{dead.pid}.a.tmp", f".x.npy.{host}-{os.getpid()}.b.tmp",
+             f".x.npy.otherhost-{dead.pid}.c.tmp"]
     for n in names:
         (tmp_path / n).write_text("")
     assert [p.name for p in files.remove_stale_temps(final)] == [names[0]]

@@ -62,7 +62,8 @@ def backbone(tmp_path_factory, cache):
     return out / "adapter.safetensors"
 
 
-# SNELL's update starts as K·|K| (~1e-6, docs/methods/snell.md §3), so it needs a larger step to move within 8 short epochs
+# SNELL's update starts as K·|K| (~1e-6, docs/methods/snell.md §3), so it needs a larger step to move within 8
+# short epochs
 @pytest.mark.parametrize("method,lr", [("hta", 1e-2), ("arc", 1e-2), ("snell", 5e-2), ("lora", 1e-2)])
 def test_methods_learn_a_new_task_through_train_py(method, lr, backbone, cache, tmp_path):
     out = tmp_path / method

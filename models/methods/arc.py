@@ -1,7 +1,8 @@
 """ARC and ARC_att: Adapter Re-Composing (Dong et al., NeurIPS 2023), with the official ``Model/ARC_ViT.py``
 semantics (docs/methods/arc.md; decisions ARC-1..3).
 
-Per layer l and position p ∈ {att, mlp}, on the LayerNorm output h that feeds a frozen linear group (docs/methods/arc.md §2)::
+Per layer l and position p ∈ {att, mlp}, on the LayerNorm output h that feeds a frozen linear group
+(docs/methods/arc.md §2)::
 
     ARC_l^p(h) = h + Drop(h · U_p · diag(λ_l^p)) · U_pᵀ + b_l^p
 
@@ -25,7 +26,8 @@ __all__ = ["ARC", "ARCAtt", "ARCShared", "ARCAdapter"]
 
 
 class ARCShared(nn.Module):
-    """The model-level shared down-projections U_att and (ARC only) U_mlp, each (D, d), Xavier-uniform (docs/methods/arc.md §3)."""
+    """The model-level shared down-projections U_att and (ARC only) U_mlp, each (D, d), Xavier-uniform
+    (docs/methods/arc.md §3)."""
 
     def __init__(self, dim: int, bottleneck: int, mlp: bool):
         super().__init__()
@@ -54,9 +56,11 @@ class ARCAdapter(nn.Module):
         self.position = position
         self.scale = nn.Parameter(torch.zeros(bottleneck))  # λ, (d,)
         self.bias = nn.Parameter(torch.zeros(dim))  # b, (D,)
-        self.drop = dropout_layer(dropout)  # on the d-dim bottleneck activations (docs/methods/arc.md §2, `--adapt_drop`)
+        # dropout on the d-dim bottleneck activations (docs/methods/arc.md §2, `--adapt_drop`)
+        self.drop = dropout_layer(dropout)
         if scale_init == "xavier":
-            # Official λ_mlp init: xavier_uniform_ on a (1, d) tensor -> bound sqrt(6 / (1 + d)) (docs/methods/arc.md §3, ARC-2).
+            # Official λ_mlp init: xavier_uniform_ on a (1, d) tensor -> bound sqrt(6 / (1 + d))
+            # (docs/methods/arc.md §3, ARC-2).
             nn.init.xavier_uniform_(self.scale.data.view(1, -1))
         elif scale_init != "zeros":
             raise ValueError(f"unknown λ init {scale_init!r}: use 'xavier' or 'zeros'")
@@ -101,7 +105,8 @@ class _ARCBase(Method):
         self.dropout = check_rate(self.name, "dropout", self.dropout)
 
     def install(self, model: nn.Module) -> None:
-        # Trainable set is explicit (ARC-1, docs/methods/arc.md §4): U's, λ's, b's (+ the head, made trainable by create_model).
+        # Trainable set is explicit (ARC-1, docs/methods/arc.md §4): U's, λ's, b's (+ the head, which create_model
+        # makes trainable).
         device = model.pos_embed.device
         model.arc = ARCShared(model.embed_dim, self.dim, mlp=self._mlp).to(device).requires_grad_(True)
         for blk in model.blocks:
@@ -111,7 +116,8 @@ class _ARCBase(Method):
                 blk.mlp_in.requires_grad_(True)
 
     def merge(self, model: nn.Module) -> None:
-        """Fold every adapter into the linears it feeds (docs/methods/arc.md §5); already-merged blocks are left alone."""
+        """Fold every adapter into the linears it feeds (docs/methods/arc.md §5); already-merged blocks are left as
+        they are."""
         for blk in model.blocks:
             if isinstance(blk.attn_in, ARCAdapter):
                 for name in ("q", "k", "v"):
@@ -128,7 +134,8 @@ class _ARCBase(Method):
 @dataclasses.dataclass
 class ARC(_ARCBase):
     """ARC: adapters before MHA (feeding q/k/v) and before the FFN (feeding fc1); 96,432 parameters for ViT-B/16 at
-    d = 50, head excluded: 2·D·d + 2·L·(d + D) (docs/methods/arc.md §6). Not identity at init: λ_mlp is Xavier (ARC-2)."""
+    d = 50, head excluded: 2·D·d + 2·L·(d + D) (docs/methods/arc.md §6). Not identity at init: λ_mlp is Xavier
+    (ARC-2)."""
 
     name = "arc"
     mlp_lambda_init: str = "xavier"  # or "zeros" (ARC-2: which one the paper used is uncertain)

@@ -371,8 +371,8 @@ class HTA(Method):
     * ``batch_weights`` — whether the prelude also forms the layers' GEMM weights as one batch (True) or only their
       factors (False); None (default) decides by device, ``HTAPrelude.WEIGHTS_BY_DEVICE``. Same function.
 
-    Head: zeros (docs/methods/hta.md §5.2). Weight-decay grouping is the training loop's job: ``train.py``'s ``no_decay`` option
-    matches the parameter names ``v_left``, ``v_right``, ``d``, ``down``, ``up`` (module docstring).
+    Head: zeros (docs/methods/hta.md §5.2). Weight-decay grouping is the training loop's job: ``train.py``'s
+    ``no_decay`` option matches the parameter names ``v_left``, ``v_right``, ``d``, ``down``, ``up`` (module docstring).
     """
 
     name: ClassVar[str] = "hta"

@@ -157,7 +157,8 @@ class LoRA(Method):
 @register
 @dataclasses.dataclass
 class LoRAQV(LoRA):
-    """Original LoRA placement: independent A and B on q and v (docs/methods/baselines.md §4 ``lora_qv``; 294,912 at r = 8)."""
+    """Original LoRA placement: independent A and B on q and v (docs/methods/baselines.md §4 ``lora_qv``;
+    294,912 at r = 8)."""
 
     name: ClassVar[str] = "lora_qv"
 

@@ -1,4 +1,5 @@
-"""The three baselines that add no modules: full fine-tuning, linear probing and BitFit (docs/methods/baselines.md §1–3)."""
+"""The three baselines that add no modules: full fine-tuning, linear probing and BitFit
+(docs/methods/baselines.md §1–3)."""
 from __future__ import annotations
 
 import dataclasses

@@ -8,16 +8,17 @@ factor tensors and sparsified at every forward (docs/methods/snell.md §2–3)::
     Kˢ = K ⊙ sg(|K|) ⊙ [|K| > t],  t = quantile(|K|, s)  (per matrix)    s = 0: Kˢ = K (plain KLoRA, no |K| factor)
     y  = x·Wᵀ + c + DropPath(Drop(x)·Kˢ)                                  nn.Linear layout: ΔW = Kˢᵀ
 
-Module layout (a choice the paper and the official code leave open): each adapted linear is a :class:`SNELLLinear` that owns its own A, B
-and exposes ``delta_weight()`` = Kˢᵀ, also for q, k and v. Their one shared dropout draw of LN1(x) (docs/methods/snell.md §4) is
-made by :class:`SNELLQKVBranch` at ``attn.qkv_branch``, which references (does not own) the q/k/v layers.
+Module layout (a choice the paper and the official code leave open): each adapted linear is a :class:`SNELLLinear` that
+owns its own A, B and exposes ``delta_weight()`` = Kˢᵀ, also for q, k and v. Their one shared dropout draw of LN1(x)
+(docs/methods/snell.md §4) is made by :class:`SNELLQKVBranch` at ``attn.qkv_branch``, which references (does not own)
+the q/k/v layers.
 
 Fast paths (all exact; :func:`reference_kernel` is the naive version the tests compare against):
 
 * each threshold is selected once per step, outside autograd and outside the activation checkpoint (whose
   backward recomputation rebuilds K and the mask, not the selection): two order statistics by a radix-select top-k
-  (measured fastest on the CPU and on CUDA, docs/PERFORMANCE.md; the ``select`` argument picks another) with ``torch.quantile``'s own rank arithmetic
-  and interpolation (:func:`quantile_threshold`);
+  (measured fastest on the CPU and on CUDA, docs/PERFORMANCE.md; the ``select`` argument picks another) with
+  ``torch.quantile``'s own rank arithmetic and interpolation (:func:`quantile_threshold`);
 * all thresholds of a forward are selected together, one batch per matrix shape (:class:`SNELLPrelude` at
   ``model.prelude``: 3 selections per step on ViT-B/16 instead of 48), bit-identical to each layer's own;
 * optionally (``batch_weights``; default by device, ``SNELLPrelude.WEIGHTS_BY_DEVICE``) the prelude also builds the
@@ -97,7 +98,8 @@ def _select_sort(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
 def _select_topk(a: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
     """The same values from a radix-select top-k: the n − r0 largest entries (r0 = the smallest rank) are, as a
     multiset, the sorted entries of ranks r0 … n−1, so the few wanted ranks are the smallest of those. Touches the
-    data a few times instead of sorting it; bench rows ``snell:select=topk`` / ``snell:select=sort`` compare them on a device."""
+    data a few times instead of sorting it; bench rows ``snell:select=topk`` / ``snell:select=sort`` compare them on
+    a device."""
     r0 = min(ranks)
     top = a.topk(a.shape[-1] - r0, dim=-1, largest=True, sorted=False).values      # (..., n − r0)
     low = top.topk(max(ranks) - r0 + 1, dim=-1, largest=False, sorted=True).values  # ascending
@@ -129,7 +131,8 @@ def quantile_threshold(a: torch.Tensor, q: float, select: str | None = None) -> 
 
 
 def sparsify(k: torch.Tensor, sparsity: float, threshold: torch.Tensor | None = None) -> torch.Tensor:
-    """Kˢ = K ⊙ sg(|K|) ⊙ [|K| > t], t = per-matrix quantile of |K| at ``sparsity`` (docs/methods/snell.md §3, code semantics).
+    """Kˢ = K ⊙ sg(|K|) ⊙ [|K| > t], t = per-matrix quantile of |K| at ``sparsity`` (code semantics,
+    docs/methods/snell.md §3).
 
     k: (..., n_in, n_out), one threshold per trailing matrix; ``threshold`` (...,) when already selected (it must be
     :func:`kernel_threshold` of the same factors). ``sparsity == 0`` returns K unchanged (KLoRA: no |K| factor).
@@ -249,8 +252,9 @@ class SNELLLinear(DeltaLinear):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """A, B ~ U(±1/sqrt(n·r/2)) (PyTorch's fan-in of a 3-D tensor, docs/methods/snell.md §2 init table) and α = (0.1, −0.1).
-        Also what fills a layer materialised from the meta device with ``to_empty`` (α is not in the state dict)."""
+        """A, B ~ U(±1/sqrt(n·r/2)) (PyTorch's fan-in of a 3-D tensor, docs/methods/snell.md §2 init table) and
+        α = (0.1, −0.1). Also what fills a layer materialised from the meta device with ``to_empty`` (α is not in the
+        state dict)."""
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))
         self.alpha.copy_(torch.tensor(ALPHA).view(2, 1, 1))
@@ -299,7 +303,8 @@ class SNELLLinear(DeltaLinear):
 
 
 class SNELLQKVBranch(nn.Module):
-    """``attn.qkv_branch`` for SNELL: x = LN1(h) -> (dq, dk, dv), ONE dropout draw shared by q, k, v (docs/methods/snell.md §4).
+    """``attn.qkv_branch`` for SNELL: x = LN1(h) -> (dq, dk, dv), ONE dropout draw shared by q, k, v
+    (docs/methods/snell.md §4).
 
     It owns only that dropout; the factors live in the :class:`SNELLLinear` layers at ``attn.q/k/v`` (``None`` for
     an untargeted one), which it references. Returns ``None`` for a layer whose branch is :attr:`SNELLLinear.fused`
@@ -407,8 +412,8 @@ class SNELLPrelude(nn.Module):
 @register
 @dataclasses.dataclass
 class SNELL(Method):
-    """SNELL-r on every block linear (docs/methods/snell.md). Trainable: all A, B (165,888·r for ViT-B/16 with all six targets),
-    the cls_token (+768) and the head (+769·C; trunc-normal init). s = 0 gives plain KLoRA.
+    """SNELL-r on every block linear (docs/methods/snell.md). Trainable: all A, B (165,888·r for ViT-B/16 with all
+    six targets), the cls_token (+768) and the head (+769·C; trunc-normal init). s = 0 gives plain KLoRA.
 
     Regularisers on by default, as in every official script: branch input Dropout 0.1 (q, k, v share one draw; proj
     has none; fc1 and fc2 draw their own), per-branch DropPath 0.1, backbone stochastic depth 0 → 0.1.
