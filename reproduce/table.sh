@@ -8,6 +8,14 @@
 # an ARCH or WEIGHTS set in the environment replaces them all. The exit status is the first failing row's.
 set -euo pipefail
 TABLE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+case " $* " in
+    *" -h "*|*" --help "*)
+        echo "$DESCRIPTION"
+        echo "rows (sweep configs in reproduce/configs/, run in turn): $ROWS"
+        echo "every row takes the knobs of reproduce/sweep.sh:"
+        ( CONFIG_NAME=${ROWS%% *}; CONFIG_NAME=${CONFIG_NAME%%:*}; source "$TABLE_ROOT/reproduce/sweep.sh" --help )
+        exit 0 ;;
+esac
 _rc=0
 for _row in $ROWS; do
     IFS=: read -r _config _arch _weights <<< "$_row"
