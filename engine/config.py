@@ -293,7 +293,7 @@ def _check(name: str, value) -> None:
         raise RunError(f"{name}={value!r}: choose one of {', '.join(m['choices'])}")
     if value is None or (m["low"] is None and m["high"] is None):
         return
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = number and (m["low"] is None or (value > m["low"] if m["low_open"] else value >= m["low"])) and \
         (m["high"] is None or (value < m["high"] if m["high_open"] else value <= m["high"]))
     if not ok:
@@ -321,8 +321,8 @@ def from_json(values: dict) -> RunConfig:
 
 
 def build(args: argparse.Namespace) -> RunConfig:
-    """Defaults, then ``--config``, then flags; every value checked; dataset defaults filled; paths absolute (a run
-    can be resumed from any directory); the device checked."""
+    """Defaults, then ``--recipe`` (the recipe's values for the dataset), then ``--config``, then flags; every value
+    checked; dataset defaults filled; paths absolute (a run can be resumed from any directory); the device checked."""
     values = load_yaml(args.config) if getattr(args, "config", None) else {}
     flags = {k: v for k, v in vars(args).items() if k in OPTIONS}
     if "method_args" in flags:

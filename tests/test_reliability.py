@@ -64,6 +64,8 @@ BAD_INPUT = [  # (train.py arguments, a fragment of the one error line); exit 2 
     (["--grad-clip", "-1"], "grad_clip must be >= 0, got -1.0"),
     (["--drop-path-rate", "2"], "drop_path_rate must be a number in [0, 1), got 2.0"),
     (["--lr", "nan"], "lr must be > 0"),
+    (["--lr", "inf"], "lr must be > 0, got inf"),
+    (["--weight-decay", "inf"], "weight_decay must be >= 0, got inf"),
     (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
     (["--pretrained", "{d}/random.safetensors"], "random.safetensors is not a readable .safetensors file"),
     (["--pretrained", "{d}/empty.safetensors"], "empty.safetensors is not a readable .safetensors file"),
