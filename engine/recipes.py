@@ -107,6 +107,8 @@ def recipes_for(method: str, benchmark: str) -> list[str]:
     family = method.split("_")[0]
     found = []
     for name in names():
+        if name.split("_")[1:2] != [benchmark]:  # a table row's config (hta_ablation_*, snell_mae_*): not a recipe
+            continue
         try:
             spec = load(RECIPE_DIR / f"{name}.yaml")
         except RecipeError:

@@ -3,6 +3,8 @@
     info = load_pretrained(model, "vit_base_patch16_224.orig_in21k", arch="vit_base_patch16_224")
     info = load_pretrained(model, "weights/ViT-B_16.npz", arch="vit_base_patch16_224")
     info = load_pretrained(model, "ckpt.safetensors", arch="vit_base_patch16_224")   # or .pth / .pt / .bin
+    info = load_pretrained(model, "vit_base_patch16_224.mae", arch="vit_base_patch16_224")      # MAE (timm's copy)
+    info = load_pretrained(model, "weights/linear-vit-b-300ep.pth.tar", arch="vit_base_patch16_224")  # MoCo v3
 
 ``source`` is one of
 
@@ -11,8 +13,14 @@
   ``vit_base_patch16_224_in21k`` meant the AugReg file, not ``ViT-B_16.npz``);
 * a Google **.npz** (``ViT-B_16.npz``, AugReg ``B_16-i21k-300ep-...npz``): read by timm's ``_load_weights`` into a
   timm ViT of the dimensions found in the file (no download). Its pre-logits layer and 21,843-way head are dropped;
-* a **state dict** file (``.safetensors``, ``.pth``/``.pt``/``.bin``), with timm keys (fused ``attn.qkv``) or ours
-  (separate ``attn.q/k/v``), optionally wrapped in ``{'model': ...}`` / ``{'state_dict': ...}``.
+* a **state dict** file (``.safetensors``, ``.pth``/``.pt``/``.bin``/``.pth.tar``), with timm keys (fused
+  ``attn.qkv``) or ours (separate ``attn.q/k/v``), optionally wrapped in ``{'model': ...}`` / ``{'state_dict': ...}``
+  and prefixed ``module.`` (DistributedDataParallel). The self-supervised checkpoints of SNELL Table 2
+  (docs/benchmarks.md §5 "MAE and MoCo v3") are such files: MAE's ``mae_pretrain_vit_base.pth`` (``{'model': ...}``,
+  no head; its decoder, if a file carries one, is dropped) and MoCo v3's ``linear-vit-b-300ep.pth.tar``
+  (``{'state_dict': {'module.<timm key>': ...}}`` with a linear-probe head, dropped) or its pre-training checkpoint
+  ``vit-b-300ep.pth.tar`` (``module.base_encoder.*`` is kept; ``momentum_encoder``, ``predictor`` and the
+  projection MLP ``base_encoder.head`` are dropped), see ``ssl_backbone``.
 
 Every path ends in the same place, ``load_state_dict_into``: timm's fused qkv is split into q, k, v (§5 "Split timm's
 fused qkv"), head-like keys are dropped (``create_model`` puts a fresh head on afterwards), the position embedding is
@@ -29,7 +37,8 @@ The returned info dict (logged with every run, §5 "Log the SHA-256 of the weigh
     sha256              SHA-256 of that file (streamed), or None
     checkpoint_arch     e.g. 'ViT-B/16'
     qkv_fused           whether the checkpoint stored timm's fused qkv (split on load); False for Google's npz
-    ignored_keys        checkpoint keys dropped on purpose (head, pre-logits)
+    ignored_keys        checkpoint keys dropped on purpose (head, pre-logits; MoCo v3's momentum encoder and
+                        predictor, MAE's decoder: one entry per group, ``ssl_backbone``)
     pos_embed_resampled None, or 'HxW -> hxw' (patch grids)
 """
 from __future__ import annotations
@@ -47,11 +56,11 @@ from .vit import ARCHS, VisionTransformer
 
 __all__ = ["load_pretrained", "WeightsUnavailable",
            "resolve_timm_name", "timm_to_ours", "load_state_dict_into", "read_npz",
-           "read_state_dict", "sha256_tensors", "describe_arch"]
+           "read_state_dict", "ssl_backbone", "timm_differences", "sha256_tensors", "describe_arch"]
 
 _NPZ = (".npz",)
 _SAFETENSORS = (".safetensors",)
-_TORCH = (".pth", ".pt", ".bin")
+_TORCH = (".pth", ".pt", ".bin", ".pth.tar")  # .pth.tar: torch.save files named as MoCo v3 names them
 _HEAD_PREFIXES = ("head.", "pre_logits.")  # the pre-trained classifier (and ViT-B_16.npz's pre-logits): always dropped
 
 # Google's files (docs/benchmarks.md §5) -> (download URL, equivalent timm name), for the missing-file message.
@@ -63,9 +72,19 @@ _GOOGLE_FILES = {
     "vit-h_14.npz": ("https://storage.googleapis.com/vit_models/imagenet21k/ViT-H_14.npz",
                      "vit_huge_patch14_224.orig_in21k"),
     "b_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz": (
-        "https://storage.googleapis.com/vit_models/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz",
+        ("https://storage.googleapis.com/vit_models/augreg/"
+         "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz"),
         "vit_base_patch16_224.augreg_in21k"),
 }
+# The self-supervised ViT-B/16 files of SNELL Table 2 (docs/benchmarks.md §5) -> (download URL, timm name or None).
+_SSL_FILES = {
+    "mae_pretrain_vit_base.pth": ("https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth",
+                                  "vit_base_patch16_224.mae"),
+    "linear-vit-b-300ep.pth.tar": ("https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/linear-vit-b-300ep.pth.tar",
+                                   None),
+    "vit-b-300ep.pth.tar": ("https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar", None),
+}
+_KNOWN_FILES = {**_GOOGLE_FILES, **_SSL_FILES}
 # The paper backbone of each arch (docs/benchmarks.md §5), suggested when a file is missing.
 _DEFAULT_TIMM_NAME = {
     "vit_tiny_patch16_224": "vit_tiny_patch16_224.augreg_in21k",
@@ -104,8 +123,8 @@ def _check_arch(arch: str, model: VisionTransformer, width: int, depth: int, pat
 def resolve_timm_name(name: str) -> str:
     """Validate a timm pretrained name and return it in full (``arch.tag``; a bare arch gets timm's default tag).
 
-    Raises ``ValueError`` for a bare ``*_in21k`` name (docs/benchmarks.md §5: ambiguous between Google's original IN-21k
-    file and AugReg), an unknown architecture or an unknown pretrained tag.
+    Raises ``ValueError`` for a bare ``*_in21k`` name (docs/benchmarks.md §5: ambiguous between Google's original
+    IN-21k file and AugReg), an unknown architecture or an unknown pretrained tag.
     """
     import timm
     from timm.models import get_pretrained_cfg, split_model_name_tag
@@ -163,6 +182,36 @@ def _timm_cached_file(cfg: dict) -> str | None:
     return None
 
 
+def timm_differences(shell) -> list[str]:
+    """What a timm model computes that our ViT does not (empty: its backbone is ours, tensor for tensor and function
+    for function). timm's plain cls-token ViTs are ours, among them ``vit_base_patch16_224.mae``: MAE's encoder
+    with the final LayerNorm and cls-token pooling, as SNELL fine-tunes it (docs/benchmarks.md §5 "MAE and MoCo v3").
+    Works on a meta-device model, so it runs before anything is downloaded."""
+    from torch import nn
+
+    if type(shell).__name__ != "VisionTransformer" or getattr(shell, "cls_token", None) is None or \
+            getattr(shell, "pos_embed", None) is None or not hasattr(shell, "blocks"):
+        return ["not a cls-token ViT with a learned position embedding"]
+    b = shell.blocks[0]
+    act = getattr(getattr(b, "mlp", None), "act", None)
+    ident = lambda m: m is None or isinstance(m, nn.Identity)  # noqa: E731
+    found = {
+        "register tokens": getattr(shell, "num_reg_tokens", 0) > 0,
+        "no position embedding on the class token": bool(getattr(shell, "no_embed_class", False)),
+        "a LayerNorm before the blocks (norm_pre)": not ident(getattr(shell, "norm_pre", None)),
+        "pooling through fc_norm instead of a final LayerNorm": ident(getattr(shell, "norm", None))
+        or not ident(getattr(shell, "fc_norm", None)),
+        "layer scale": not ident(getattr(b, "ls1", None)),
+        "q/k normalisation": not ident(getattr(b.attn, "q_norm", None)),
+        "a norm inside attention": not ident(getattr(b.attn, "norm", None)),
+        f"LayerNorm eps {getattr(b.norm1, 'eps', None)} (ours: 1e-6)": getattr(b.norm1, "eps", None) != 1e-6,
+        "an MLP activation other than exact GELU": type(act) is not nn.GELU or act.approximate != "none",
+        "no fused qkv with bias": getattr(getattr(b.attn, "qkv", None), "bias", None) is None,
+        f"{type(b).__name__} blocks (ours: timm's pre-LN Block)": type(b).__name__ != "Block",
+    }
+    return [what for what, differs in found.items() if differs]
+
+
 class WeightsUnavailable(RuntimeError):
     """timm could not fetch or read hub weights (network, cache): the message names the weights and the way out."""
 
@@ -173,15 +222,17 @@ def _load_timm(model: VisionTransformer, name: str, arch: str) -> dict:
     full = resolve_timm_name(name)
     with torch.device("meta"):  # dimensions only: checks --arch before anything is downloaded
         shell = timm.create_model(full, pretrained=False, num_classes=0)
-    if not all(hasattr(shell, a) for a in ("blocks", "patch_embed", "cls_token", "pos_embed")) or \
-            shell.cls_token is None:
-        raise ValueError(f"timm model {full!r} is not a cls-token ViT, so it cannot load into {arch}")
+    differences = timm_differences(shell)
+    if differences:
+        raise ValueError(f"timm model {full!r} differs from our ViT ({'; '.join(differences)}), so it cannot load "
+                         f"into {arch}: pick plain cls-token ViT weights (*.orig_in21k, *.augreg_in21k, *.mae; "
+                         "docs/benchmarks.md §5)")
     _check_arch(arch, model, shell.embed_dim, len(shell.blocks), shell.patch_embed.patch_size[0],
                 shell.blocks[0].attn.num_heads)
     try:  # native resolution: the pos-embed is resampled in one place, load_state_dict_into
         ref = timm.create_model(full, pretrained=True, num_classes=0)
     except Exception as e:  # hub / network / cache failures
-        alt = next((f" or download {u} and pass its path" for u, n in _GOOGLE_FILES.values() if n == full), "")
+        alt = next((f" or download {u} and pass its path" for u, n in _KNOWN_FILES.values() if n == full), "")
         raise WeightsUnavailable(f"timm could not load the pretrained weights {full!r} ({type(e).__name__}: {e}). "
                                  f"Check the network or the Hugging Face cache (HF_HOME){alt}") from e
     sd = ref.state_dict()
@@ -297,6 +348,42 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return sd
 
 
+def ssl_backbone(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The ViT backbone inside a self-supervised pre-training checkpoint (``module.`` already stripped), and what was
+    dropped on purpose, one entry per group (docs/benchmarks.md §5 "MAE and MoCo v3"):
+
+    * MoCo v3's pre-training checkpoint (moco-v3 ``main_moco.py``: ``base_encoder``, ``momentum_encoder``,
+      ``predictor``): ``base_encoder.*`` is kept without its prefix, as moco-v3's ``main_lincls.py`` and
+      ``convert_to_deit.py`` keep it; its projection MLP ``base_encoder.head.*`` then goes with the other head keys
+      (``timm_to_ours``). Anything else beside the two encoders and the predictor is refused;
+    * MAE's decoder (``decoder_*``, ``mask_token``), present in MAE's full pre-training checkpoints (the released
+      ``mae_pretrain_vit_base.pth`` holds the encoder only).
+
+    Every other state dict (MoCo v3's ``linear-vit-b-300ep.pth.tar`` included: plain timm keys after ``module.``)
+    passes through unchanged.
+    """
+    dropped = []
+    if any(k.startswith("base_encoder.") for k in state_dict):
+        kept, groups = {}, {}
+        for k, v in state_dict.items():
+            if k.startswith("base_encoder."):
+                kept[k[len("base_encoder."):]] = v
+            else:
+                groups[k.split(".", 1)[0]] = groups.get(k.split(".", 1)[0], 0) + 1
+        unknown = sorted(set(groups) - {"momentum_encoder", "predictor"})
+        if unknown:
+            raise ValueError(f"the checkpoint holds base_encoder.* (MoCo v3) but also {unknown}, which MoCo v3's "
+                             "layout (base_encoder, momentum_encoder, predictor) does not have; save the backbone "
+                             "alone ({'model': base encoder state dict}) and pass that file")
+        state_dict = kept
+        dropped += [f"{g}.* ({n} tensors, MoCo v3 pre-training only)" for g, n in sorted(groups.items())]
+    decoder = [k for k in state_dict if k.startswith("decoder_") or k == "mask_token"]
+    if decoder:
+        state_dict = {k: v for k, v in state_dict.items() if not (k.startswith("decoder_") or k == "mask_token")}
+        dropped.append(f"decoder_*, mask_token ({len(decoder)} tensors, the MAE decoder)")
+    return state_dict, dropped
+
+
 # --------------------------------------------------------------------------------------------------- conversion
 def timm_to_ours(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """timm ViT keys -> ours: ``blocks.i.attn.qkv.{weight,bias}`` (3D, ...) is split into ``attn.q/k/v`` (timm's
@@ -334,7 +421,8 @@ def load_state_dict_into(model: VisionTransformer, state_dict: dict[str, torch.T
     proj = sd.get("patch_embed.proj.weight")
     if proj is None:
         raise ValueError(f"the checkpoint has no 'patch_embed.proj.weight': not a ViT backbone state dict "
-                         f"(first keys: {sorted(sd)[:5]})")
+                         f"(first keys: {sorted(sd)[:5]}); pass the weights of a ViT with a patch-embedding "
+                         "convolution (timm or our keys)")
     block_ids = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
     ckpt_arch = (proj.shape[0], max(block_ids, default=-1) + 1, proj.shape[-1])  # (width, depth, patch)
     _check_arch(arch, model, *ckpt_arch, heads)
@@ -373,7 +461,8 @@ def load_state_dict_into(model: VisionTransformer, state_dict: dict[str, torch.T
 
 def sha256_tensors(names, state_dict: dict[str, torch.Tensor]) -> str:
     """Hex SHA-256 of the named tensors as loaded (names, dtypes, shapes and bytes, in sorted name order): the
-    backbone's identity whatever file it came from, also when timm leaves no weight file to hash (docs/benchmarks.md §5)."""
+    backbone's identity whatever file it came from, also when timm leaves no weight file to hash
+    (docs/benchmarks.md §5)."""
     h = hashlib.sha256()
     for k in sorted(names):
         t = state_dict[k].detach().cpu().contiguous()
@@ -385,10 +474,10 @@ def sha256_tensors(names, state_dict: dict[str, torch.Tensor]) -> str:
 # --------------------------------------------------------------------------------------------------------- entry
 def _missing_file_message(path: str, arch: str) -> str:
     name = os.path.basename(path)
-    known = _GOOGLE_FILES.get(name.lower())
+    known = _KNOWN_FILES.get(name.lower())
     if known is not None:
         url, timm_name = known
-        fix = f"download it (wget -O {path} {url}) or pass the timm name {timm_name}"
+        fix = f"download it (wget -O {path} {url})" + (f" or pass the timm name {timm_name}" if timm_name else "")
     elif arch in _DEFAULT_TIMM_NAME:
         fix = f"check the path, or pass a timm name such as {_DEFAULT_TIMM_NAME[arch]}"
     else:
@@ -397,8 +486,9 @@ def _missing_file_message(path: str, arch: str) -> str:
 
 
 def load_pretrained(model: VisionTransformer, source: str, arch: str) -> dict:
-    """Load ``source`` (timm name, Google ``.npz``, ``.safetensors`` or ``.pth``/``.pt``/``.bin``) into ``model``'s
-    backbone and return the info dict described in the module docstring. The pre-trained head is never loaded.
+    """Load ``source`` (timm name, Google ``.npz``, ``.safetensors`` or ``.pth``/``.pt``/``.bin``/``.pth.tar``) into
+    ``model``'s backbone and return the info dict described in the module docstring. The pre-trained head is never
+    loaded. A file that does not fit is one ``ValueError`` line that starts with the file's path.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
@@ -421,9 +511,14 @@ def load_pretrained(model: VisionTransformer, source: str, arch: str) -> dict:
         kind = "safetensors" if lower.endswith(_SAFETENSORS) else "pth"
         sd, heads, dropped = read_state_dict(path), None, []
     else:
-        raise ValueError(f"{source}: unknown weight format; use .npz (Google), .safetensors or .pth/.pt/.bin")
-    info = load_state_dict_into(model, sd, arch, heads=heads)
-    info["ignored_keys"] = dropped + info["ignored_keys"]
+        raise ValueError(f"{source}: unknown weight format; use .npz (Google), .safetensors or "
+                         ".pth/.pt/.bin/.pth.tar")
+    try:
+        sd, ssl_dropped = ssl_backbone(sd)
+        info = load_state_dict_into(model, sd, arch, heads=heads)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    info["ignored_keys"] = dropped + ssl_dropped + info["ignored_keys"]
     if kind == "npz":
         info["qkv_fused"] = False  # the file has separate query/key/value kernels (timm's reader fused them)
     return {"source": str(path), "requested": source, "kind": kind, "path": str(path), "sha256": sha256_file(path),

@@ -73,13 +73,14 @@ def check_weights(weights: str) -> tuple[list[str], list[str]]:
     """(problems, notes) for a WEIGHTS value: ``none``, a local file, or a timm name."""
     if weights in ("", "none", "None"):
         return [], ["WEIGHTS=none: random initialisation — only meaningful for smoke runs"]
-    looks_like_path = os.sep in weights or weights.endswith((".npz", ".safetensors", ".pth", ".bin"))
+    looks_like_path = os.sep in weights or weights.endswith((".npz", ".safetensors", ".pth", ".pth.tar", ".bin"))
     if looks_like_path:
         if Path(weights).expanduser().is_file():
             return [], []
-        return [f"weights file {weights} does not exist. The original ImageNet-21k ViT-B/16 is "
-                "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz (ViT-L_16.npz for ViT-L); or "
-                "use the timm name vit_base_patch16_224.orig_in21k (docs/benchmarks.md §5)"], []
+        return [f"weights file {weights} does not exist: check the path, or download the file (docs/benchmarks.md §5 "
+                "gives each backbone's file and address: Google's ViT-B_16.npz, MAE's mae_pretrain_vit_base.pth, "
+                "MoCo v3's linear-vit-b-300ep.pth.tar ...), or use a timm name such as "
+                "vit_base_patch16_224.orig_in21k"], []
     if _AMBIGUOUS.search(weights) and "orig" not in weights and "augreg" not in weights:
         return [f"WEIGHTS={weights} is ambiguous (under old timm it is AugReg, not ViT-B_16.npz): name "
                 f"{weights[:-len('_in21k')]}.orig_in21k or ...augreg_in21k (docs/benchmarks.md §5)"], []

@@ -118,6 +118,34 @@ def _task_blocks(lines: list[str]) -> dict[str, list[str]]:
     return blocks
 
 
+def _unsearched(block: list[str], keys: set[str], method_keys: set[str]) -> tuple[list[str], list[str]]:
+    """The lines of a task entry (``block``, its ``  task:`` line first) that set what a search did not: option
+    lines whose key is not in ``keys``, and (as ``method_args`` lines at six spaces) method arguments not in
+    ``method_keys``, each with its own ``# source:`` comment. An inline ``method_args: {...}`` is split into lines."""
+    import yaml
+
+    lines = [line for line in block[1:] if line.strip() and not line.strip().startswith("#")]
+    kept, kept_args, i = [], [], 0
+    while i < len(lines):
+        key, _, rest = lines[i].strip().partition(":")
+        comment = rest[rest.index("#"):] if "#" in rest else ""
+        if key == "method_args":
+            inline = rest.split("#", 1)[0].strip()
+            for k, v in (yaml.safe_load(inline) or {}).items() if inline else ():
+                if k not in method_keys:
+                    kept_args.append(f"{f'      {k}: {_num(v)}':<29} {comment}".rstrip())
+            i += 1
+            while i < len(lines) and lines[i].startswith("      "):  # a nested method_args block
+                if lines[i].strip().partition(":")[0] not in method_keys:
+                    kept_args.append(lines[i])
+                i += 1
+            continue
+        if key not in keys:
+            kept.append(lines[i])
+        i += 1
+    return kept, kept_args
+
+
 STATUS = "# status (reproduce/search.py):"  # the header line rewritten on every write: which tasks are val-selected
 
 
@@ -166,12 +194,18 @@ def rewrite_config(text: str, chosen: dict[str, dict], provenance: str) -> str:
             continue
         c = chosen[task]
         src = f"# source: reproduce/search.py, val top-1 {c['score']:.2f} (last epoch, {c['n']} trials)"
+        method_keys = set(c.get("method_keys", ()))
+        kept, kept_args = _unsearched(block, set(c["point"]) - method_keys, method_keys)
         out.append(f"  {task}:")
-        method_args = {k: v for k, v in c["point"].items() if k in c.get("method_keys", ())}
         for k, v in c["point"].items():
-            if k not in method_args:
+            if k not in method_keys:
                 out.append(f"{f'    {k}: {_num(v)}':<29} {src}")
-        if method_args:
+        out.extend(kept)  # the task's own values the grid does not set (e.g. SNELL's per-task batch and lr)
+        method_args = {k: v for k, v in c["point"].items() if k in method_keys}
+        if kept_args:  # one nested block: each argument keeps its own source
+            out.append("    method_args:")
+            out.extend([f"{f'      {k}: {_num(v)}':<29} {src}" for k, v in method_args.items()] + kept_args)
+        elif method_args:
             inner = ", ".join(f"{k}: {_num(v)}" for k, v in method_args.items())
             out.append(f"{f'    method_args: {{{inner}}}':<29} {src}")
     return "\n".join(out) + "\n"

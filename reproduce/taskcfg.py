@@ -54,8 +54,11 @@ def validate(spec: dict, check_options: bool = False) -> list[str]:
     problems = []
     for task in spec["tasks"]:
         cfg = resolve(spec, task)
+        # an explicit `method_args: {}` is a value (full, linear and bitfit take no arguments); resolve() always
+        # gives a mapping, so whether one was written is read from the config itself
+        written = "method_args" in spec["defaults"] or "method_args" in spec["tasks"][task]
         for key in REQUIRED:
-            if cfg.get(key) in (None, {}, ""):
+            if cfg.get(key) in (None, "", {}) and not (key == "method_args" and written):
                 problems.append(f"{task}: no value for {key}")
         if check_options:
             from engine import config as C

@@ -124,6 +124,11 @@ def backbone_id(arch: str | None, source: str | None) -> str | None:
         arch or "")
     if family is None:
         return None
+    name = s.replace("\\", "/").rsplit("/", 1)[-1]  # the self-supervised ViT-B/16s of SNELL Table 2
+    if family == "b16" and (s == "vit_base_patch16_224.mae" or name == "mae_pretrain_vit_base.pth"):
+        return "vit_b16_mae"
+    if family == "b16" and name in ("linear-vit-b-300ep.pth.tar", "vit-b-300ep.pth.tar"):
+        return "vit_b16_mocov3"
     if "in1k" in s:  # fine-tuned on ImageNet-1k: none of the papers' backbones
         return None
     if ("augreg" in s and "in21k" in s) or "i21k-300ep" in s:

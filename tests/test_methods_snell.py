@@ -657,3 +657,260 @@ def test_select_argument_picks_the_strategy_and_changes_nothing_else(monkeypatch
         assert all(torch.equal(a, b) for a, b in zip(runs[name], runs["topk"]))
     with pytest.raises(ValueError, match="select must be one of kthvalue, sort, topk"):
         _micro(select="median")
+
+
+# ------------------------------------------------- delta: kernel | lora | dense (SNELL Table 5(a), snell.md §12)
+def _big_update(model, std=0.3):
+    """Non-negligible updates for every delta (K ~ 0.1 instead of ~1e-3), so that Kˢ = K·|K| matters next to W."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith((".A", ".B")):
+                p.normal_(0, 1.0 if p.dim() == 3 else std)  # kernel factors (3-D) as _big_factors; lora's 2-D
+            elif name.endswith(".D"):
+                p.normal_(0, std)
+
+
+def _ref_update_kernel(lin):
+    """The naive Kˢ of any delta: K from its parameters, torch.quantile on the flattened |K|, strict mask."""
+    if lin.delta == "dense":
+        k = lin.D
+    elif lin.delta == "lora":
+        k = (lin.B @ lin.A).t()  # LoRA's B·A in nn.Linear layout, transposed to K's (n_in, n_out)
+    else:
+        return snell.reference_kernel(lin.A, lin.B, lin.alpha, lin.sparsity)
+    if lin.sparsity == 0:
+        return k
+    mag = k.detach().abs()
+    return k * mag * (mag > torch.quantile(mag.flatten(), lin.sparsity))
+
+
+def test_delta_default_is_the_kernel_bit_for_bit():
+    # the new argument changes nothing by default: same parameters (names, shapes, RNG draws), same prelude groups,
+    # same outputs and gradients as a model built without it, in training (dropout, drop-path) and in eval
+    x = torch.randn(3, 3, 32, 32)
+    runs = []
+    for kw in ({}, {"delta": "kernel"}):
+        torch.manual_seed(0)
+        m = _micro(**kw)
+        runs.append((m, outputs_and_grads(m.train(), x), m.eval()(x).detach()))
+    (a, ga, ea), (b, gb, eb) = runs
+    assert a.method.config()["delta"] == b.method.config()["delta"] == "kernel"
+    assert {n: p.shape for n, p in a.named_parameters()} == {n: p.shape for n, p in b.named_parameters()}
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert [len(g) for g in a.prelude.groups] == [len(g) for g in b.prelude.groups] == [8, 2, 2]
+    assert all(torch.equal(u, v) for u, v in zip(ga, gb)) and torch.equal(ea, eb)
+    assert not any(n.endswith(".D") for n, _ in a.named_parameters())
+
+
+@pytest.mark.parametrize("delta,rank,factors", [  # ViT-B/16, six targets per block, 12 blocks (snell.md §7, §12)
+    ("kernel", 8, 1_327_104), ("lora", 8, 1_327_104), ("lora", 16, 2_654_208), ("dense", 8, 84_934_656)])
+def test_delta_counts(delta, rank, factors):
+    # lora: r·(n_in + n_out) per matrix, as KLoRA; dense: n_in·n_out per matrix (every entry of every block linear)
+    with torch.device("meta"):
+        m = models.create_model("vit_base_patch16_224", "snell", num_classes=100, rank=rank, delta=delta)
+    assert models.count_parameters(m, head=False) == factors + 768  # + the trainable cls_token
+    assert models.count_parameters(m) == factors + 768 + 769 * 100
+    fc1 = m.blocks[0].mlp.fc1
+    assert [tuple(p.shape) for p in fc1.factors] == {"kernel": [(2, 768, rank // 2), (2, 3072, rank // 2)],
+                                                     "lora": [(rank, 768), (3072, rank)],
+                                                     "dense": [(768, 3072)]}[delta]
+    per_matrix = sum(p.numel() for p in fc1.factors)
+    assert per_matrix == (768 * 3072 if delta == "dense" else rank * (768 + 3072))
+
+
+@pytest.mark.parametrize("delta", ["lora", "dense"])
+@pytest.mark.parametrize("s", [0.37, 0.9, 0.995])
+def test_delta_exact_fraction_zeroed(delta, s):
+    # the same sparsification as the kernel (§3): exactly floor(s·(n − 1)) + 1 entries zeroed, survivors K·|K|
+    torch.manual_seed(0)
+    lin = SNELLLinear(nn.Linear(48, 40), rank=4, sparsity=s, delta=delta)
+    k, ks = lin.update().detach(), lin.sparse_kernel().detach()
+    n = k.numel()
+    assert ks.shape == (48, 40) and int((ks == 0).sum()) == math.floor(s * (n - 1)) + 1
+    keep = ks != 0
+    assert torch.equal(ks[keep], (k * k.abs())[keep]) and torch.equal(ks, _ref_update_kernel(lin).detach())
+    assert torch.equal(lin.delta_weight(), ks.t())  # nn.Linear layout (out, in)
+
+
+@pytest.mark.parametrize("delta", ["lora", "dense"])
+def test_delta_init_starts_from_the_frozen_model_where_it_can_train(delta):
+    # s = 0: LoRA's init (B = 0) and D = 0, so Kˢ = 0 and the model is the frozen one at step 0. s > 0: a zero
+    # update would get no gradient (next test), so B / D start at nn.Linear's default init: U(±1/√r), U(±1/√n_in).
+    torch.manual_seed(0)
+    lin0 = SNELLLinear(nn.Linear(256, 64), rank=8, sparsity=0.0, delta=delta)
+    assert torch.equal(lin0.sparse_kernel(), torch.zeros(256, 64))
+    lin = SNELLLinear(nn.Linear(256, 64), rank=8, sparsity=0.9, delta=delta)
+    if delta == "lora":
+        for l_ in (lin0, lin):  # LoRA's A: kaiming_uniform(a=√5) on (r, n_in) = U(±1/√n_in)
+            assert l_.A.abs().max() <= 1 / math.sqrt(256) and l_.A.abs().max() > 0.9 / math.sqrt(256)
+        assert lin.B.abs().max() <= 1 / math.sqrt(8) and lin.B.abs().max() > 0.9 / math.sqrt(8)
+    else:
+        assert lin.D.abs().max() <= 1 / math.sqrt(256) and lin.D.abs().max() > 0.9 / math.sqrt(256)
+    assert (lin.sparse_kernel() != 0).any()
+    m = _micro(delta=delta, sparsity=0.0).eval()
+    merged, own = models.merge(m).state_dict(), m.state_dict()
+    bases = [n for n in own if n.endswith(".base.weight")]
+    assert len(bases) == 12 and all(torch.equal(merged[n.replace(".base", "")], own[n]) for n in bases)  # W + 0
+
+
+@pytest.mark.parametrize("delta", ["lora", "dense"])
+def test_delta_zero_update_gets_no_gradient_under_sparsification(delta):
+    # why the s > 0 init is not zero: with K = 0, Kˢ = K ⊙ sg(|K|) ⊙ M passes upstream ⊙ |K| ⊙ M = 0 to K, so
+    # no factor ever receives a gradient (LoRA's B = 0: neither A nor B)
+    torch.manual_seed(0)
+    m = _micro(delta=delta, sparsity=0.9).train()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith((".B", ".D")):
+                p.zero_()
+    F.cross_entropy(m(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+    grads = [p.grad for n, p in m.named_parameters() if n.endswith((".A", ".B", ".D"))]
+    assert grads and all(g is not None and not g.any() for g in grads)
+    assert m.head.weight.grad.any()
+
+
+@pytest.mark.parametrize("delta", ["lora", "dense"])
+@pytest.mark.parametrize("sparsity", [0.9, 0.0])
+def test_delta_merge_equivalence(delta, sparsity):
+    torch.manual_seed(0)
+    m = _micro(delta=delta, sparsity=sparsity)
+    _big_update(m)
+    m.eval()
+    x = torch.randn(3, 3, 32, 32)
+    merged = models.merge(m)
+    with torch.no_grad():
+        assert (m(x) - merged(x)).abs().max() < 1e-4
+        assert (reference_forward_any(m, x) - merged(x)).abs().max() < 1e-4
+    assert models.method_modules(merged) == [] and merged.prelude is None
+    lin = m.blocks[1].mlp.fc2
+    torch.testing.assert_close(merged.blocks[1].mlp.fc2.weight, lin.base.weight + _ref_update_kernel(lin).t(),
+                               rtol=1e-5, atol=1e-6)  # W_eff = W₀ + Kˢᵀ
+    assert (lin.delta_weight() != 0).float().mean() == pytest.approx(1 - sparsity, abs=1 / lin.D.numel()
+                                                                     if delta == "dense" else 1 / (64 * 256))
+
+
+def reference_forward_any(model, x):
+    """``reference_forward`` with the naive Kˢ of any delta (``_ref_update_kernel``)."""
+    global _ref_kernel
+    saved, _ref_kernel = _ref_kernel, _ref_update_kernel
+    try:
+        return reference_forward(model, x)
+    finally:
+        _ref_kernel = saved
+
+
+@pytest.mark.parametrize("delta", ["lora", "dense"])
+@pytest.mark.parametrize("train,sparsity", [(True, 0.9), (False, 0.9), (True, 0.0)])
+def test_delta_fast_path_equals_naive_reference(delta, train, sparsity):
+    # the wiring (one q/k/v dropout draw, proj undropped, drop-paths), the checkpointed per-layer path, the prelude's
+    # thresholds and the one-GEMM path against the naive reference: outputs and every gradient
+    torch.manual_seed(0)
+    m = _micro(delta=delta, sparsity=sparsity, dropout=0.3, drop_path=0.2).train(train)
+    _big_update(m)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(1)
+    out = m(x)
+    F.cross_entropy(out, y).backward()
+    fast = _grads(m)
+    m.zero_grad()
+    torch.manual_seed(1)
+    ref_out = reference_forward_any(m, x)
+    F.cross_entropy(ref_out, y).backward()
+    ref = _grads(m)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    factor = f"blocks.1.mlp.fc2.{'D' if delta == 'dense' else 'B'}"
+    assert set(fast) == set(ref) and {"cls_token", "head.weight", factor} <= set(fast)
+    for name in fast:
+        torch.testing.assert_close(fast[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("delta", ["lora", "dense"])
+def test_delta_prelude_and_checkpointing_change_nothing(delta):
+    # the prelude selects each layer's threshold (one batch per shape) as the layer would alone: bit-identical
+    # outputs and gradients; checkpointing on and off: equal gradients
+    torch.manual_seed(0)
+    m = _micro(delta=delta).train()
+    _big_update(m)
+    assert [len(g) for g in m.prelude.groups] == [8, 2, 2]
+    x = torch.randn(3, 3, 32, 32)
+    batched = outputs_and_grads(m, x)
+    layers = [mod for mod in m.modules() if isinstance(mod, SNELLLinear)]
+    assert all(lin._threshold is None for lin in layers)  # each hand-over used once
+    with torch.no_grad():
+        m.prelude()
+        assert all(torch.equal(lin._threshold, lin.threshold()) for lin in layers)
+        for lin in layers:
+            lin._threshold = None
+    m.prelude, prelude = None, m.prelude
+    alone = outputs_and_grads(m, x)
+    assert all(torch.equal(a, b) for a, b in zip(batched, alone))
+    m.prelude = prelude
+    for lin in layers:
+        lin.checkpoint = False
+    for blk in m.blocks:
+        blk.attn.qkv_branch.checkpoint = False
+    plain = outputs_and_grads(m, x)
+    for a, b in zip(plain, batched):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_delta_lora_at_s0_is_loras_b_times_a():
+    # delta=lora, s = 0: K = (B·A)ᵀ, so the merged update is LoRA's B·A: with the factors of a `lora` model on all
+    # six linears (shared=false) copied in, the two models compute the same function and the same updates
+    torch.manual_seed(0)
+    ref = models.create_model("vit_micro_patch8", "lora", **MICRO, targets=("q", "k", "v", "proj", "fc1", "fc2"),
+                              shared=False).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith(".up"):
+                p.normal_(0, 0.3)
+    m = _micro(delta="lora", sparsity=0.0, dropout=0.0, drop_path=0.0).eval()
+    state = {k.replace(".down", ".A").replace(".up", ".B"): v for k, v in ref.state_dict().items()}
+    m.load_state_dict(state)  # strict: every tensor of one model is one of the other
+    lin, own = m.blocks[0].attn.k, ref.blocks[0].attn.k
+    assert torch.equal(lin.delta_weight(), own.delta_weight())  # Kᵀ = B·A exactly
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("delta", ["lora", "dense"])
+@pytest.mark.parametrize("sparsity", [0.9, 0.0])
+def test_delta_training_steps_move_every_trainable_tensor(delta, sparsity):
+    # from the default init (s = 0: LoRA's B = 0 / D = 0; s = 0.9: nn.Linear's), without weight decay, so that only
+    # gradients move them; the frozen backbone stays put
+    torch.manual_seed(0)
+    m = _micro(delta=delta, sparsity=sparsity).train()
+    trainable = {n: p for n, p in m.named_parameters() if p.requires_grad}
+    assert {n.rsplit(".", 1)[-1] for n in trainable if n.startswith("blocks.")} == (
+        {"D"} if delta == "dense" else {"A", "B"})
+    frozen = {n: p.detach().clone() for n, p in m.named_parameters() if not p.requires_grad}
+    start = {n: p.detach().clone() for n, p in trainable.items()}
+    opt = torch.optim.AdamW(trainable.values(), lr=1e-3, weight_decay=0.0)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    assert all(not torch.equal(p, start[n]) for n, p in trainable.items()), \
+        [n for n, p in trainable.items() if torch.equal(p, start[n])]
+    assert all(torch.equal(p, frozen[n]) for n, p in m.named_parameters() if not p.requires_grad)
+
+
+def test_delta_arguments_and_the_kernel_only_fast_path(monkeypatch):
+    for kw, match in [({"delta": "sparse"}, "delta must be one of kernel, lora, dense"),
+                      ({"delta": "lora", "batch_weights": True}, "batch_weights builds KLoRA kernels"),
+                      ({"delta": "dense", "batch_weights": True}, "batch_weights builds KLoRA kernels"),
+                      ({"delta": "lora", "rank": 0}, "rank must be an integer >= 1")]:
+        with pytest.raises(ValueError, match=match):
+            _micro(**kw)
+    assert _micro(delta="lora", rank=3).blocks[0].attn.q.A.shape == (3, 64)  # an odd rank is fine for LoRA
+    # where batch_weights is on by device (CUDA), a lora / dense prelude still hands over thresholds only
+    monkeypatch.setattr(snell.SNELLPrelude, "WEIGHTS_BY_DEVICE", {"default": True})
+    torch.manual_seed(0)
+    m = _micro(delta="dense").train()
+    x = torch.randn(2, 3, 32, 32)
+    got = outputs_and_grads(m, x)
+    m.prelude = None
+    assert all(torch.equal(a, b) for a, b in zip(got, outputs_and_grads(m, x)))
+    assert "delta=dense" in repr(m.blocks[0].mlp.fc1)

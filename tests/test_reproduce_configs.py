@@ -21,12 +21,26 @@ SCRIPTS = {"householder_vtab.sh": "hta_vtab", "householder_vtab_large.sh": "hta_
            "snell_vtab.sh": "snell_vtab", "snell_fgvc.sh": "snell_fgvc"}
 
 
-def test_every_script_has_its_config():
-    assert {p.stem for p in CONFIGS} == set(SCRIPTS.values())
-    for script, name in SCRIPTS.items():
-        path = ROOT / "reproduce" / script
-        assert os.access(path, os.X_OK), script
-        assert f"CONFIG_NAME={name}\n" in path.read_text()
+def script_configs(path: Path) -> list[str]:
+    """The sweep configs a paper script runs: its CONFIG_NAME (sweep.sh), or its ROWS (table.sh: CONFIG[:ARCH[:W]])."""
+    text = path.read_text()
+    one = re.findall(r"^CONFIG_NAME=(\S+)$", text, re.M)
+    rows = " ".join(re.findall(r'^ROWS\+?="([^"]*)"$', text, re.M)).split()
+    return one + [row.split(":")[0] for row in rows]
+
+
+def test_every_script_has_its_configs_and_every_config_a_script():
+    scripts = sorted(p for p in (ROOT / "reproduce").glob("*.sh") if p.name not in ("sweep.sh", "table.sh",
+                                                                                     "bench_gpu.sh"))
+    used = []
+    for path in scripts:
+        names = script_configs(path)
+        assert names and os.access(path, os.X_OK), path.name
+        assert len(set(names)) == len(names), path.name  # a table lists each row once
+        used += names
+    # every config is run by a script (a row shared by two tables, e.g. KLoRA-r of SNELL 5(b) and A11, by both)
+    assert set(used) == {p.stem for p in CONFIGS}
+    assert all(script_configs(ROOT / "reproduce" / s) == [n] for s, n in SCRIPTS.items())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -38,7 +52,7 @@ def test_config_complete_documented_and_accepted_by_train(path):
     assert taskcfg.undocumented(path) == []  # every value carries '# source:'
     for task in spec["tasks"]:
         cfg = taskcfg.resolve(spec, task)
-        assert cfg["method_args"] and cfg["epochs"] >= 100 and cfg["batch_size"] in (8, 16, 32, 64)
+        assert "method_args" in cfg and cfg["epochs"] >= 100 and cfg["batch_size"] in (8, 16, 32, 64)
     import models
 
     for task in spec["tasks"]:  # the method arguments are the registered method's keyword arguments
@@ -101,7 +115,7 @@ def test_task_config_file_and_epochs_override(tmp_path):
                    "    rank: 1# source: no blank before '#'\ntasks:\n  cifar: {}\n")
     assert taskcfg.undocumented(bad) == [f"{bad}:3: lr: 0.1", f"{bad}:6: rank: 1# source: no blank before '#'",
                                          f"{bad}:8: cifar: {{}}"]
-    bad.write_text("benchmark: vtab\ndefaults:\n  lr: 0.1\n  batch_size: 32\n  method_args: {}\ntasks:\n"
+    bad.write_text("benchmark: vtab\ndefaults:\n  lr: 0.1\n  batch_size: 32\ntasks:\n"
                    "  cifar: {}\n")
     assert taskcfg.validate(taskcfg.load(bad)) == ["cifar: no value for method", "cifar: no value for method_args",
                                                    "cifar: no value for weight_decay", "cifar: no value for epochs"]
@@ -373,3 +387,23 @@ def test_search_defaults_to_the_backbone_its_sweep_trains(script, name):
     text = (ROOT / "reproduce" / script).read_text()
     want = tuple(re.search(rf"^{key}=(\S+)$", text, re.M).group(1) for key in ("DEFAULT_ARCH", "DEFAULT_WEIGHTS"))
     assert search.default_backbone(taskcfg.load(ROOT / "reproduce" / "configs" / f"{name}.yaml")) == want
+
+
+def test_a_searched_task_keeps_its_other_per_task_values(tmp_path):
+    # SNELL's configs set batch, lr, wd and epochs per task: a search over the sparsity alone must change the
+    # sparsity and leave the rest of the task's entry (each value with its own source)
+    path = ROOT / "reproduce" / "configs" / "snell_vtab.yaml"
+    spec = taskcfg.load(path)
+    before = taskcfg.resolve(spec, "cifar")
+    chosen = {"cifar": {"point": {"sparsity": 0.0, "lr": 0.002}, "score": 71.5, "n": 2, "method_keys": ["sparsity"]}}
+    out = tmp_path / "snell_vtab.yaml"
+    out.write_text(search.rewrite_config(path.read_text(), chosen, "searched in a test"))
+    new = taskcfg.load(out)
+    after = taskcfg.resolve(new, "cifar")
+    assert after["method_args"]["sparsity"] == 0.0 and after["lr"] == 0.002  # the search's values
+    assert {k: v for k, v in after.items() if k not in ("lr", "method_args")} == \
+        {k: v for k, v in before.items() if k not in ("lr", "method_args")}  # batch 16, epochs 200, ... kept
+    assert {k: v for k, v in after["method_args"].items() if k != "sparsity"} == \
+        {k: v for k, v in before["method_args"].items() if k != "sparsity"}
+    assert taskcfg.resolve(new, "dtd") == taskcfg.resolve(spec, "dtd") and taskcfg.undocumented(out) == []
+    assert taskcfg.searched_tasks(out.read_text()) == ["cifar"] and new["selection"] == "partial"

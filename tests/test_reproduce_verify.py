@@ -511,3 +511,21 @@ def test_hta_fgvc_note_does_not_claim_nothing_was_test_selected(tmp_path, capsys
     assert "another method's" in note and "selected on the test set" in note and "not clean" in note
     # project defaults (hta_vtab: nothing released, nothing tuned) keep their note
     assert "nothing was selected on the test set" in verify.clean_note("default", "", ["cifar"])
+
+
+@pytest.mark.parametrize("arch,source,want", [
+    ("vit_base_patch16_224", "vit_base_patch16_224.orig_in21k", "vit_b16_in21k"),
+    ("vit_base_patch16_224", "/w/ViT-B_16.npz", "vit_b16_in21k"),
+    ("vit_base_patch16_224", "vit_base_patch16_224.augreg_in21k", "vit_b16_augreg_in21k"),
+    ("vit_base_patch16_224", "vit_base_patch16_224.mae", "vit_b16_mae"),
+    ("vit_base_patch16_224", "/w/mae_pretrain_vit_base.pth", "vit_b16_mae"),
+    ("vit_base_patch16_224", "/w/linear-vit-b-300ep.pth.tar", "vit_b16_mocov3"),
+    ("vit_base_patch16_224", "/w/vit-b-300ep.pth.tar", "vit_b16_mocov3"),
+    ("vit_large_patch16_224", "vit_large_patch16_224.orig_in21k", "vit_l16_in21k"),
+    ("vit_large_patch16_224", "/w/mae_pretrain_vit_base.pth", None),  # a ViT-B file cannot be a ViT-L backbone
+    ("vit_base_patch16_224", "vit_base_patch16_224.augreg_in21k_ft_in1k", None),
+    ("vit_micro_patch8", "none", None),
+])
+def test_backbone_ids_of_the_papers_weights(arch, source, want):
+    # the id that picks a config's reference rows: SNELL Table 2's self-supervised ViT-B/16s included
+    assert verify.backbone_id(arch, source) == want

@@ -30,6 +30,12 @@ Fast paths (all exact; :func:`reference_kernel` is the naive version the tests c
 * non-reentrant activation checkpointing (SNELL-1) around the branch dropout, kernel construction and the branch
   GEMM, so K, the distance matrices, the masks and the dropout mask are recomputed in backward (the dropout from the
   saved RNG state) instead of stored (docs/methods/snell.md §5): a branch keeps only its input, as LoRA's does.
+
+Ablation (SNELL Table 5(a), docs/methods/snell.md §12): ``delta`` changes only how the dense update K before the
+sparsification is parameterised — ``kernel`` (the default, KLoRA, everything above), ``lora`` (K = (B·A)ᵀ, LoRA's
+factors) or ``dense`` (K itself a trainable n_in × n_out matrix). The sparsification, dropouts, drop-paths,
+checkpointing, merge and the threshold prelude apply unchanged; the batched-kernel fast path (``batch_weights``) is
+KLoRA's and is refused for the other two, which run per layer (:func:`delta_update`).
 """
 from __future__ import annotations
 
@@ -47,10 +53,13 @@ from .base import (LINEAR_NAMES, PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, auto
                    check_auto_flag, check_int, check_rate, check_targets, dropout_layer, full_precision, iter_linears,
                    prelude_batches, register, take_handover)
 
-__all__ = ["ALPHA", "SNELL", "SNELLLinear", "SNELLPrelude", "SNELLQKVBranch", "kernel", "kernel_threshold", "sparsify",
-           "sparse_kernel", "quantile_threshold", "reference_kernel", "snell_weights_many"]
+__all__ = ["ALPHA", "DELTAS", "SNELL", "SNELLLinear", "SNELLPrelude", "SNELLQKVBranch", "kernel", "kernel_threshold",
+           "delta_update", "sparsify", "sparse_kernel", "quantile_threshold", "reference_kernel", "snell_weights_many"]
 
 ALPHA = (0.1, -0.1)  # the fixed segment coefficients α of K (`shared_coeff_fc`, SNELL-D0)
+# How the dense update K before sparsification is parameterised (docs/methods/snell.md §12): KLoRA's kernel (SNELL
+# itself), LoRA's product B·A, or a dense trainable matrix (SNELL Table 5(a)'s three rows).
+DELTAS = ("kernel", "lora", "dense")
 _QKV = ("q", "k", "v")
 _NO_INPUT_DROPOUT = ("proj",)  # the attention output feeds its branch undropped (docs/methods/snell.md §4)
 
@@ -64,6 +73,23 @@ def kernel(A: torch.Tensor, B: torch.Tensor, alpha: torch.Tensor) -> torch.Tenso
     A: (..., 2, n_in, r/2), B: (..., 2, n_out, r/2), alpha: (2, 1, 1) -> K: (..., n_in, n_out).
     """
     return (alpha * torch.cdist(A, B)).sum(-3)
+
+
+def delta_update(delta: str, factors, alpha: torch.Tensor) -> torch.Tensor:
+    """The dense update K (..., n_in, n_out) before sparsification, by parameterisation (docs/methods/snell.md §12):
+
+    * ``kernel``: factors (A, B) of shapes (..., 2, n_in, r/2), (..., 2, n_out, r/2): :func:`kernel` (KLoRA);
+    * ``lora``: factors (A, B) in LoRA's layout, A (..., r, n_in), B (..., n_out, r): K = (B·A)ᵀ = Aᵀ·Bᵀ, so that the
+      merged ``nn.Linear`` update Kᵀ is LoRA's B·A;
+    * ``dense``: factors (D,), D (..., n_in, n_out): K = D.
+    """
+    if delta == "kernel":
+        return kernel(*factors, alpha)
+    if delta == "lora":
+        A, B = factors
+        return A.transpose(-1, -2) @ B.transpose(-1, -2)
+    (D,) = factors
+    return D
 
 
 def _round_to_float32(x: float) -> float:
@@ -227,20 +253,34 @@ class SNELLLinear(DeltaLinear):
     ``shared_input=True`` (q, k, v): the branch input is the dropout draw that :class:`SNELLQKVBranch` shares between
     q, k and v, so in regularised training this layer returns ``base(x)`` and the hook adds the branch. Whenever the
     branch is deterministic (:attr:`fused`) the layer computes ``x·(W + Kˢᵀ)ᵀ + c`` as one GEMM instead.
+
+    ``delta`` (docs/methods/snell.md §12): ``kernel`` holds KLoRA's A (2, n_in, r/2) and B (2, n_out, r/2);
+    ``lora`` holds LoRA's A (r, n_in) and B (n_out, r); ``dense`` holds D (n_in, n_out). The last two take the
+    per-layer path of :meth:`_forward_update` (same wiring, sparsification and checkpointing).
     """
 
     def __init__(self, base: nn.Linear, rank: int = 8, sparsity: float = 0.9, dropout: float = 0.1,
-                 drop_path: float = 0.1, checkpoint: bool = True, shared_input: bool = False):
+                 drop_path: float = 0.1, checkpoint: bool = True, shared_input: bool = False, delta: str = "kernel"):
         super().__init__(base)
-        if rank < 2 or rank % 2:
+        if delta not in DELTAS:
+            raise ValueError(f"delta must be one of {', '.join(DELTAS)}, got {delta!r}")
+        if delta == "kernel" and (rank < 2 or rank % 2):
             raise ValueError(f"rank must be a positive even number (two halves of r/2), got {rank}")
+        if delta == "lora" and rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank}")
         kw = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.A = nn.Parameter(torch.empty(2, self.in_features, rank // 2, **kw))  # `In_Qs`
-        self.B = nn.Parameter(torch.empty(2, self.out_features, rank // 2, **kw))  # `Out_Qs`
+        self.delta, self.rank, self.sparsity = delta, rank, float(sparsity)  # reset_parameters reads delta, sparsity
+        if delta == "kernel":
+            self.A = nn.Parameter(torch.empty(2, self.in_features, rank // 2, **kw))  # `In_Qs`
+            self.B = nn.Parameter(torch.empty(2, self.out_features, rank // 2, **kw))  # `Out_Qs`
+        elif delta == "lora":
+            self.A = nn.Parameter(torch.empty(rank, self.in_features, **kw))  # LoRA's A (`down`)
+            self.B = nn.Parameter(torch.empty(self.out_features, rank, **kw))  # LoRA's B (`up`)
+        else:
+            self.D = nn.Parameter(torch.empty(self.in_features, self.out_features, **kw))  # K itself
         # Fixed ±0.1 segment coefficients (`shared_coeff_fc`, SNELL-D0): a constant, so not trained and not saved.
         self.register_buffer("alpha", torch.empty(2, 1, 1, **kw), persistent=False)
         self.reset_parameters()
-        self.sparsity = float(sparsity)
         self.shared_input = shared_input
         self.drop = dropout_layer(0.0 if shared_input else dropout)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -254,9 +294,26 @@ class SNELLLinear(DeltaLinear):
     def reset_parameters(self) -> None:
         """A, B ~ U(±1/sqrt(n·r/2)) (PyTorch's fan-in of a 3-D tensor, docs/methods/snell.md §2 init table) and
         α = (0.1, −0.1). Also what fills a layer materialised from the meta device with ``to_empty`` (α is not in the
-        state dict)."""
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))
+        state dict).
+
+        ``lora`` / ``dense`` (docs/methods/snell.md §12): at s = 0, LoRA's init (A Kaiming-uniform a=√5, i.e.
+        U(±1/√n_in); B zeros) and D = 0, so the model starts as the frozen one. At s > 0 a zero update can never
+        train (its gradient is upstream ⊙ |K| ⊙ M = 0, §3), so the tensor that would be zero gets ``nn.Linear``'s
+        default init instead: B ~ U(±1/√r), D ~ U(±1/√n_in) (Kaiming-uniform a=√5 in ``nn.Linear`` layout)."""
+        if self.delta == "kernel":
+            nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))
+        elif self.delta == "lora":
+            nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # (r, n_in): fan-in n_in, as LoRA's A
+            if self.sparsity == 0:
+                nn.init.zeros_(self.B)
+            else:
+                nn.init.kaiming_uniform_(self.B, a=math.sqrt(5))  # (n_out, r): fan-in r
+        elif self.sparsity == 0:
+            nn.init.zeros_(self.D)
+        else:
+            bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=√5) of the (n_out, n_in) layout
+            nn.init.uniform_(self.D, -bound, bound)
         self.alpha.copy_(torch.tensor(ALPHA).view(2, 1, 1))
 
     @property
@@ -264,9 +321,54 @@ class SNELLLinear(DeltaLinear):
         """True when the branch is deterministic (eval mode, or no dropout/drop-path): one GEMM with W + Kˢᵀ."""
         return not (self.training and self.regularised)
 
+    @property
+    def factors(self) -> tuple[torch.Tensor, ...]:
+        """The trainable tensors K is built from: (A, B), or (D,) for ``delta="dense"``."""
+        return (self.D,) if self.delta == "dense" else (self.A, self.B)
+
+    def update(self) -> torch.Tensor:
+        """K (n_in, n_out), the dense update before sparsification (:func:`delta_update`)."""
+        return delta_update(self.delta, self.factors, self.alpha)
+
+    @torch.no_grad()
+    def threshold(self) -> torch.Tensor | None:
+        """This layer's threshold t = quantile(|K|, s) (None at s = 0), selected outside autograd: what the per-layer
+        path of a ``lora`` / ``dense`` delta uses (the kernel path selects with :func:`kernel_threshold`)."""
+        if self.sparsity == 0:
+            return None
+        return quantile_threshold(self.update().abs().flatten(-2), self.sparsity)
+
     def sparse_kernel(self) -> torch.Tensor:
         """Kˢ (n_in, n_out), exactly as the forward computes it."""
-        return sparse_kernel(self.A, self.B, self.alpha, self.sparsity)
+        if self.delta == "kernel":
+            return sparse_kernel(self.A, self.B, self.alpha, self.sparsity)
+        return sparsify(self.update(), self.sparsity)
+
+    def _sparse_update(self, t: torch.Tensor | None, *factors: torch.Tensor) -> torch.Tensor:
+        """Kˢ from ``factors`` (this layer's, passed in so that a checkpoint records them) and the threshold t."""
+        return sparsify(delta_update(self.delta, factors, self.alpha), self.sparsity, t)
+
+    def _run_update(self, fn, x: torch.Tensor, t: torch.Tensor | None):
+        """``fn(x, t, *factors)`` under non-reentrant checkpointing (SNELL-1) when gradients are recorded, with t
+        selected outside it (the prelude's, else :meth:`threshold`); otherwise plainly (None: selected inside)."""
+        if self.checkpoint and torch.is_grad_enabled():
+            t = self.threshold() if t is None else t
+            return _checkpoint(fn, x, t, *self.factors, use_reentrant=False)
+        return fn(x, t, *self.factors)
+
+    def _forward_update(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward of a ``lora`` / ``dense`` delta: the kernel path's wiring (one GEMM with W + Kˢᵀ when
+        deterministic, else base(x) + DropPath(Drop(x)·Kˢ), the q/k/v branches through the hook), per layer."""
+        t = take_handover(self, "_threshold")
+        if self.fused:
+            fn = lambda x_, t_, *f: F.linear(x_, self.base.weight + self._sparse_update(t_, *f).t(),  # noqa: E731
+                                             self.base.bias)
+            return self._run_update(fn, x, t)
+        y = self.base(x)
+        if self.shared_input:
+            return y
+        fn = lambda x_, t_, *f: self.drop(x_) @ self._sparse_update(t_, *f)  # noqa: E731
+        return y + self.drop_path(self._run_update(fn, autocast_input(x), t))
 
     def delta_weight(self) -> torch.Tensor:
         """The update in ``nn.Linear`` layout (out, in): Kˢᵀ (docs/methods/snell.md §6)."""
@@ -280,6 +382,8 @@ class SNELLLinear(DeltaLinear):
         return self.drop(x) @ sparse_kernel(A, B, self.alpha, self.sparsity, t)  # dropout inside the checkpoint
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.delta != "kernel":
+            return self._forward_update(x)
         if self.fused:
             w = take_handover(self, "_weight")  # W + Kˢᵀ, built by the prelude
             if w is not None:
@@ -298,8 +402,9 @@ class SNELLLinear(DeltaLinear):
         return y + self.drop_path(branch)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.A.shape[-1] * 2}, "
-                f"sparsity={self.sparsity}, shared_input={self.shared_input}")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"sparsity={self.sparsity}, shared_input={self.shared_input}"
+                + (f", delta={self.delta}" if self.delta != "kernel" else ""))
 
 
 class SNELLQKVBranch(nn.Module):
@@ -322,6 +427,9 @@ class SNELLQKVBranch(nn.Module):
         live = [lin for lin in self.linears if lin is not None and not lin.fused]
         if not live:
             return None, None, None
+        if live[0].delta != "kernel":
+            outs = iter(self._update_branches(x, live))
+            return tuple(None if lin is None or lin.fused else lin.drop_path(next(outs)) for lin in self.linears)
         kernels = [take_handover(lin, "_kernel") for lin in live]  # built by the prelude (batch_weights)
         if all(k is not None for k in kernels):
             outs = iter(_checkpointed_branches(self.checkpoint, self.drop, autocast_input(x), kernels))
@@ -335,6 +443,27 @@ class SNELLQKVBranch(nn.Module):
         branches = lambda x_, A_, B_, t: _branches(self.drop(x_), A_, B_, first.alpha, first.sparsity, t)  # noqa: E731
         outs = iter(_checkpointed(self.checkpoint, branches, autocast_input(x), A, B, first.alpha, first.sparsity, t))
         return tuple(None if lin is None or lin.fused else lin.drop_path(next(outs)) for lin in self.linears)
+
+    def _update_branches(self, x: torch.Tensor, live: list) -> tuple:
+        """Drop(x)·Kˢ for each live ``lora`` / ``dense`` layer, one dropout draw for all of them, per layer (no
+        stacking), under one non-reentrant checkpoint with the thresholds selected outside it."""
+        ckpt = self.checkpoint and torch.is_grad_enabled()
+        ts = [take_handover(lin, "_threshold") for lin in live]  # selected by the prelude, else here (or inside)
+        if ckpt:
+            ts = [lin.threshold() if t is None else t for lin, t in zip(live, ts)]
+        flat = [f for lin in live for f in lin.factors]
+
+        def fn(x_, *flat_):
+            xd, i, out = self.drop(x_), 0, []
+            for lin, t in zip(live, ts):
+                n = len(lin.factors)
+                out.append(xd @ lin._sparse_update(t, *flat_[i:i + n]))
+                i += n
+            return tuple(out)
+
+        if ckpt:
+            return _checkpoint(fn, autocast_input(x), *flat, use_reentrant=False)
+        return fn(autocast_input(x), *flat)
 
 
 class SNELLPrelude(nn.Module):
@@ -371,11 +500,18 @@ class SNELLPrelude(nn.Module):
         # ViT-B/16: 48 + 12 + 12 layers in 3 batches; ViT-H/14's 128 q/k/v/proj in 7. s = 0 (KLoRA) selects nothing.
         self.__dict__["groups"] = prelude_batches(  # references, not submodules
             [lin for lin in layers if lin.sparsity > 0],
-            key=lambda lin: (lin.in_features, lin.out_features, lin.A.shape[-1], lin.sparsity),
+            key=lambda lin: (lin.delta, lin.in_features, lin.out_features, lin.rank, lin.sparsity),
             entries=lambda lin: lin.in_features * lin.out_features, max_elements=self.max_elements)
 
     def forward(self) -> None:
         for group in self.groups:
+            if group[0].delta != "kernel":  # lora / dense (§12): thresholds only, each K built as the layer builds it
+                with torch.no_grad():
+                    mag = torch.stack([lin.update() for lin in group]).abs_()  # (m, n_in, n_out)
+                    t = quantile_threshold(mag.flatten(-2), group[0].sparsity, self.select)
+                for lin, ti in zip(group, t.unbind(0)):
+                    lin._threshold = ti
+                continue
             A = torch.stack([lin.A for lin in group])  # (m, 2, n_in, r/2)
             B = torch.stack([lin.B for lin in group])  # (m, 2, n_out, r/2)
             t = kernel_threshold(A.detach(), B.detach(), group[0].alpha, group[0].sparsity, self.select)  # (m,)
@@ -414,6 +550,8 @@ class SNELLPrelude(nn.Module):
 class SNELL(Method):
     """SNELL-r on every block linear (docs/methods/snell.md). Trainable: all A, B (165,888·r for ViT-B/16 with all
     six targets), the cls_token (+768) and the head (+769·C; trunc-normal init). s = 0 gives plain KLoRA.
+    ``delta=lora``: the same count (r·(n_in + n_out) per matrix); ``delta=dense``: n_in·n_out per matrix
+    (84,934,656 on ViT-B/16), for the sparsification ablation of SNELL Table 5(a) (docs/methods/snell.md §12).
 
     Regularisers on by default, as in every official script: branch input Dropout 0.1 (q, k, v share one draw; proj
     has none; fc1 and fc2 draw their own), per-branch DropPath 0.1, backbone stochastic depth 0 → 0.1.
@@ -435,16 +573,28 @@ class SNELL(Method):
     # how the prelude selects each step's thresholds (a key of SELECTORS: kthvalue, sort, topk; the same values,
     # bit for bit, at different speeds); None: by device, SELECT_BY_DEVICE
     select: str | None = None
+    # how the dense update before sparsification is parameterised (DELTAS; SNELL Table 5(a), docs/methods/snell.md
+    # §12): kernel (KLoRA-r: SNELL), lora (LoRA-r's B·A) or dense (a full n_in × n_out matrix; rank unused)
+    delta: str = "kernel"
 
     def __post_init__(self):
         self.targets = check_targets(self.targets)
         if self.select is not None and self.select not in SELECTORS:
             raise ValueError(f"snell: select must be one of {', '.join(SELECTORS)} or null (by device), got "
                              f"{self.select!r}")
-        check_int("snell", "rank", self.rank, minimum=2, note=" and even (two halves of r/2)")
-        if self.rank % 2:
-            raise ValueError(f"snell: rank must be an integer >= 2 and even (two halves of r/2), got {self.rank!r}")
+        if self.delta not in DELTAS:
+            raise ValueError(f"snell: delta must be one of {', '.join(DELTAS)}, got {self.delta!r}")
+        if self.delta == "kernel":
+            check_int("snell", "rank", self.rank, minimum=2, note=" and even (two halves of r/2)")
+            if self.rank % 2:
+                raise ValueError(f"snell: rank must be an integer >= 2 and even (two halves of r/2), got "
+                                 f"{self.rank!r}")
+        else:
+            check_int("snell", "rank", self.rank)
         check_auto_flag("snell", "batch_weights", self.batch_weights)
+        if self.batch_weights and self.delta != "kernel":
+            raise ValueError(f"snell: batch_weights builds KLoRA kernels in batches; delta={self.delta} has no such "
+                             "path (its layers build their own update): set batch_weights to null or false")
         for name in ("sparsity", "dropout", "drop_path"):  # sparsity: the fraction of each |K| zeroed
             setattr(self, name, check_rate("snell", name, getattr(self, name)))
 
@@ -453,7 +603,7 @@ class SNELL(Method):
         for _, owner, name, lin in iter_linears(model, self.targets):
             setattr(owner, name, SNELLLinear(
                 lin, self.rank, self.sparsity, dropout=0.0 if name in _NO_INPUT_DROPOUT else self.dropout,
-                drop_path=self.drop_path, checkpoint=self.checkpoint, shared_input=name in _QKV))
+                drop_path=self.drop_path, checkpoint=self.checkpoint, shared_input=name in _QKV, delta=self.delta))
         for blk in model.blocks:
             qkv = [getattr(blk.attn, n) if isinstance(getattr(blk.attn, n), SNELLLinear) else None for n in _QKV]
             if any(lin is not None for lin in qkv):

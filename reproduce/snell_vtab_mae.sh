@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# SNELL Table 2, VTAB-1k on ViT-B/16 pre-trained with MAE: the rows we can run, one sweep config each
+# (reproduce/configs/snell_mae_*.yaml), in the table's order through reproduce/table.sh; every row ends in its own
+# verification table against its printed row (Table 2 prints group means and mean_groups only).
+#   Table 2 row    config                  our method
+#   Full           snell_mae_full          full (every parameter)
+#   Adapter-8      snell_mae_adapter8      adapter, dim 8 (NOAH's FFN adapter, docs/methods/baselines.md §5)
+#   Adapter-32     snell_mae_adapter32     adapter, dim 32
+#   VPT-Shallow    snell_mae_vpt_shallow   vpt_shallow, 10 prompts (docs/methods/baselines.md §7)
+#   VPT-Deep       snell_mae_vpt_deep      vpt_deep, 10 prompts per block
+#   Linear         snell_mae_linear        linear (the head only)
+#   Bias           snell_mae_bias          bitfit (biases and the head)
+#   LoRA-8         snell_mae_lora8         lora, rank 8 (NOAH's q/k/v LoRA, docs/methods/baselines.md §4)
+#   LoRA-16        snell_mae_lora16        lora, rank 16
+#   SNELL-8        snell_mae_snell8        snell, rank 8, SNELL-32's per-task sparsity
+# Not run: Partial-1 (no method tunes the last block alone), SPT-Adapter and SPT-LoRA (SPT is
+# not implemented). Every row uses SNELL's VTAB recipe (snell_vtab.yaml; the configs say why), selection `borrowed`.
+# Weights: vit_base_patch16_224.mae, timm's copy of MAE's mae_pretrain_vit_base.pth; the file itself also loads
+#   (wget https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth, WEIGHTS=/path/to/it), into our
+#   plain cls-token ViT as SNELL loads it (docs/benchmarks.md §5 "MAE and MoCo v3"). Use another OUT per backbone.
+# Knobs (VTAB_ROOT, WEIGHTS, OUT, TASKS, EPOCHS, ARCH, IMG_SIZE, PRECISION, SEEDS, JOBS, GPUS, LAUNCHER, ...) apply to
+# every row: reproduce/sweep.sh, or `snell_vtab_mae.sh --help`. `--dry-run` prints the exact commands.
+# Example CPU smoke run:
+#   TASKS=cifar EPOCHS=1 ARCH=vit_micro_patch8 WEIGHTS=none IMG_SIZE=32 VTAB_ROOT=/tmp/vtab reproduce/snell_vtab_mae.sh
+ROWS="snell_mae_full snell_mae_adapter8 snell_mae_adapter32 snell_mae_vpt_shallow snell_mae_vpt_deep"
+ROWS+=" snell_mae_linear snell_mae_bias snell_mae_lora8 snell_mae_lora16 snell_mae_snell8"
+DEFAULT_ARCH=vit_base_patch16_224
+DEFAULT_WEIGHTS=vit_base_patch16_224.mae
+DESCRIPTION="SNELL Table 2: VTAB-1k, ViT-B/16 MAE (vit_b16_mae)"
+source "$(dirname "${BASH_SOURCE[0]}")/table.sh" "$@"
