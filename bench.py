@@ -51,45 +51,10 @@ from engine import config as C
 from engine.errors import RunError
 from engine.loop import autocast, compiled, eval_network, evaluate
 from engine.rundir import write_json
+from engine.variants import parse_variant, split_variants
 from util.cli import ArgumentParser
 
 REFERENCE_ROWS = ("floor", "full")
-
-
-# ------------------------------------------------------------------------------------------------------- variants
-def split_variants(text: str) -> list[str]:
-    """``"hta:impl=lowrank,lora:targets=q,k,v,snell"`` -> ``["hta:impl=lowrank", "lora:targets=q,k,v", "snell"]``:
-    a comma continues a list value (the variant so far ends in ``key=value``) unless a method name (or a reference
-    row) follows it; otherwise it starts a new variant."""
-    names = set(models.METHODS) | set(REFERENCE_ROWS)
-    out: list[str] = []
-    for piece in text.split(","):
-        if not piece:
-            continue
-        if out and "=" in out[-1].rsplit(":", 1)[-1] and piece.split(":", 1)[0] not in names:
-            out[-1] += "," + piece  # a list value's next item (targets=q,k,v)
-        else:
-            out.append(piece)
-    return out
-
-
-def parse_variant(name: str) -> tuple[str, dict]:
-    """``"hta:impl=lowrank:dropout=0.1"`` -> ``("hta", {"impl": "lowrank", "dropout": 0.1})`` (values parsed as
-    ``--method-args`` values are)."""
-    method, *items = name.split(":")
-    return method, C.parse_method_args(items)
-
-
-def variant_name(method: str, kwargs: dict) -> str:
-    """The row name of ``method`` with ``kwargs`` (the inverse of :func:`parse_variant`)."""
-    def text(v) -> str:
-        if isinstance(v, (list, tuple)):
-            return ",".join(text(x) for x in v)
-        if isinstance(v, bool) or v is None:
-            return {True: "true", False: "false", None: "null"}[v]
-        return str(v)
-
-    return ":".join([method, *(f"{k}={text(v)}" for k, v in kwargs.items())])
 
 
 def build(name: str, args, device: torch.device):
@@ -313,7 +278,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, value in {"eval_loop_images": mean_test, **DEVICE_DEFAULTS[kind]}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    args.rows = [*REFERENCE_ROWS, *split_variants(args.methods)]
+    args.rows = [*REFERENCE_ROWS, *split_variants(args.methods, REFERENCE_ROWS)]
     for name in args.rows[len(REFERENCE_ROWS):]:
         method, _ = parse_variant(name)
         if method not in models.METHODS:
@@ -322,7 +287,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise RunError(f"--methods: {name} is listed twice (floor and full are always measured)")
         with torch.device("meta"):  # a bad argument is refused before anything is measured
             build(name, args, torch.device("meta"))
-    profiled = split_variants(args.profile)
+    profiled = split_variants(args.profile, REFERENCE_ROWS)
     if set(profiled) - set(args.rows):
         raise RunError(f"--profile: {', '.join(sorted(set(profiled) - set(args.rows)))} not among the rows (floor, "
                        "full and --methods)")

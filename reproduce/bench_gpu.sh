@@ -34,9 +34,10 @@ COMPILE_LIMIT=${COMPILE_LIMIT:-240}
 PROFILE=${PROFILE-floor,arc,$CFG,lora,snell}
 in_rows() {  # the rows of list $1 that list $2 measures (bench.py's own parsing of a row list)
   python - "$1" "$2" <<'EOF'
-import sys, bench
-rows = set(bench.split_variants(sys.argv[2]))
-print(",".join(r for r in bench.split_variants(sys.argv[1]) if r in rows))
+import sys
+from engine.variants import split_variants
+rows = set(split_variants(sys.argv[2], ("floor", "full")))
+print(",".join(r for r in split_variants(sys.argv[1], ("floor", "full")) if r in rows))
 EOF
 }
 # the projection's row (HTA as configured, with train.py's evaluation loop timed) is always measured

@@ -34,10 +34,10 @@ LORA_ALL = "lora:targets=q,k,v,proj,fc1,fc2"  # SNELL's memory reference: LoRA o
 
 def config_variant(spec: dict) -> str:
     """The bench row of a sweep config's method as its defaults configure it, e.g. ``hta:rank=1:dropout=0.1``."""
-    import bench
+    from engine.variants import variant_name
 
     d = spec["defaults"]
-    return bench.variant_name(d["method"], d.get("method_args") or {})
+    return variant_name(d["method"], d.get("method_args") or {})
 
 
 def projection(spec: dict, rows_by_batch: dict[int, dict], compile_mode: str = "none") -> dict:

@@ -17,3 +17,19 @@ def _one_thread():
 def cache(tmp_path_factory):
     """A decoded-image cache folder shared by one test module's train.py runs (test_train, test_protocol)."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Any attempt to fetch timm weights fails the test (tests must never download); returns timm's own
+    ``create_model`` for the tests that stand in for the hub."""
+    import timm
+
+    real = timm.create_model
+
+    def guarded(name, pretrained=False, **kw):
+        assert not pretrained, f"test tried to download {name}"
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", guarded)
+    return real

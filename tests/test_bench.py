@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import bench
+from engine.variants import parse_variant, split_variants, variant_name
 import models
 
 MICRO = ["--device", "cpu", "--arch", "vit_micro_patch8", "--img-size", "32", "--batch-size", "8",
@@ -53,12 +54,12 @@ def test_cpu_bench_reports_every_row_with_ratios(tmp_path):
 
 def test_variants_split_parse_and_name_round_trip():
     text = f"hta:impl=lowrank,{ALL_LINEARS},snell:dropout=0:drop_path=0,full"
-    assert bench.split_variants(text) == ["hta:impl=lowrank", ALL_LINEARS, "snell:dropout=0:drop_path=0", "full"]
-    assert bench.parse_variant(ALL_LINEARS) == ("lora", {"targets": ("q", "k", "v", "proj", "fc1", "fc2")})
-    assert bench.parse_variant("snell:dropout=0:batch_weights=false:select=null") == (
+    assert split_variants(text) == ["hta:impl=lowrank", ALL_LINEARS, "snell:dropout=0:drop_path=0", "full"]
+    assert parse_variant(ALL_LINEARS) == ("lora", {"targets": ("q", "k", "v", "proj", "fc1", "fc2")})
+    assert parse_variant("snell:dropout=0:batch_weights=false:select=null") == (
         "snell", {"dropout": 0, "batch_weights": False, "select": None})
-    for name in bench.split_variants(text) + ["hta:rank=1:dropout=0.1", "snell:batch_weights=false:select=null"]:
-        assert bench.variant_name(*bench.parse_variant(name)) == name
+    for name in split_variants(text) + ["hta:rank=1:dropout=0.1", "snell:batch_weights=false:select=null"]:
+        assert variant_name(*parse_variant(name)) == name
 
 
 @pytest.mark.parametrize("args,message", [

@@ -239,11 +239,9 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("train,sparsity", [(False, 0.9), (True, 0.9), (True, 0.0), (False, 0.0)])
-def test_fast_path_equals_naive_reference(train, sparsity):
-    torch.manual_seed(0)
-    m = _micro(sparsity=sparsity, dropout=0.3, drop_path=0.2).train(train)
-    _big_factors(m)
+def _step_vs_reference(m, reference):
+    """A training step's logits and gradients through the model, then through ``reference(m, x)``, on one batch
+    with the same dropout and drop-path draws: (out, grads, reference out, reference grads)."""
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     torch.manual_seed(1)
     out = m(x)
@@ -251,9 +249,17 @@ def test_fast_path_equals_naive_reference(train, sparsity):
     fast = _grads(m)
     m.zero_grad()
     torch.manual_seed(1)
-    ref_out = reference_forward(m, x)
+    ref_out = reference(m, x)
     F.cross_entropy(ref_out, y).backward()
-    ref = _grads(m)
+    return out, fast, ref_out, _grads(m)
+
+
+@pytest.mark.parametrize("train,sparsity", [(False, 0.9), (True, 0.9), (True, 0.0), (False, 0.0)])
+def test_fast_path_equals_naive_reference(train, sparsity):
+    torch.manual_seed(0)
+    m = _micro(sparsity=sparsity, dropout=0.3, drop_path=0.2).train(train)
+    _big_factors(m)
+    out, fast, ref_out, ref = _step_vs_reference(m, reference_forward)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     assert set(fast) == set(ref) and {"cls_token", "head.weight", "blocks.1.mlp.fc2.A"} <= set(fast)
     for name in fast:  # A, B of every layer, head, cls_token
@@ -807,16 +813,7 @@ def test_delta_fast_path_equals_naive_reference(delta, train, sparsity):
     torch.manual_seed(0)
     m = _micro(delta=delta, sparsity=sparsity, dropout=0.3, drop_path=0.2).train(train)
     _big_update(m)
-    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
-    torch.manual_seed(1)
-    out = m(x)
-    F.cross_entropy(out, y).backward()
-    fast = _grads(m)
-    m.zero_grad()
-    torch.manual_seed(1)
-    ref_out = reference_forward_any(m, x)
-    F.cross_entropy(ref_out, y).backward()
-    ref = _grads(m)
+    out, fast, ref_out, ref = _step_vs_reference(m, reference_forward_any)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     factor = f"blocks.1.mlp.fc2.{'D' if delta == 'dense' else 'B'}"
     assert set(fast) == set(ref) and {"cls_token", "head.weight", factor} <= set(fast)

@@ -17,17 +17,7 @@ from models.vit import build_vit
 D, HEADS, PATCH, DEPTH = 64, 2, 8, 2  # = our vit_micro_patch8
 
 
-@pytest.fixture(autouse=True)
-def no_hub(monkeypatch):
-    """Any attempt to fetch timm weights fails the test (tests must never download)."""
-    real = timm.create_model
-
-    def guarded(name, pretrained=False, **kw):
-        assert not pretrained, f"test tried to download {name}"
-        return real(name, pretrained=False, **kw)
-
-    monkeypatch.setattr(timm, "create_model", guarded)
-    return real
+pytestmark = pytest.mark.usefixtures("no_hub")  # conftest.py: no test here may download
 
 
 @pytest.fixture(scope="module")

@@ -28,19 +28,9 @@ from test_reproduce_smoke import finished_run, make_vtab_tree
 ROOT = Path(__file__).resolve().parents[1]
 D, HEADS, PATCH, DEPTH = 64, 2, 8, 2  # = our vit_micro_patch8
 MAE = "vit_base_patch16_224.mae"
+pytestmark = pytest.mark.usefixtures("no_hub")  # conftest.py: no test here may download
 
 
-@pytest.fixture(autouse=True)
-def no_hub(monkeypatch):
-    """Any attempt to fetch timm weights fails the test (tests must never download)."""
-    real = timm.create_model
-
-    def guarded(name, pretrained=False, **kw):
-        assert not pretrained, f"test tried to download {name}"
-        return real(name, pretrained=False, **kw)
-
-    monkeypatch.setattr(timm, "create_model", guarded)
-    return real
 
 
 def _randomise(m: nn.Module, seed: int) -> nn.Module:

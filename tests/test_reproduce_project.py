@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import bench
+from engine.variants import parse_variant
 from reproduce import project, taskcfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +17,7 @@ VTAB_TEST_IMAGES = 387_904  # the 19 test splits (docs/benchmarks.md §1)
 
 def test_config_variant_names_the_bench_row_of_the_configured_method():
     assert CFG_ROW == "hta:rank=1:dropout=0.1"
-    assert bench.parse_variant(CFG_ROW) == ("hta", HTA_VTAB["defaults"]["method_args"])
+    assert parse_variant(CFG_ROW) == ("hta", HTA_VTAB["defaults"]["method_args"])
 
 
 def test_target_verdicts_compare_each_measurement_with_its_limit():
