@@ -58,11 +58,13 @@ REFERENCE_ROWS = ("floor", "full")
 
 
 def build(name: str, args, device: torch.device):
-    """The model of a row: ``floor`` (a linear probe whose pos_embed trains, so gradients flow back through every
-    block), or a method variant."""
+    """The model of a row: ``floor`` (a linear probe whose pos_embed, or on Swin / ConvNeXt the first bias, trains, so
+    gradients flow back through every block), or a method variant."""
     if name == "floor":
         model = models.create_model(args.arch, "linear", num_classes=args.num_classes, img_size=args.img_size)
-        model.pos_embed.requires_grad_(True)
+        early = getattr(model, "pos_embed", None)
+        early = early if early is not None else next(p for n, p in model.named_parameters() if n.endswith(".bias"))
+        early.requires_grad_(True)
     else:
         method, kw = parse_variant(name)
         model = models.create_model(args.arch, method, num_classes=args.num_classes, img_size=args.img_size, **kw)

@@ -17,7 +17,8 @@ from .errors import Diverged, RunError
 __all__ = ["NO_DECAY_NAMES", "autocast", "compiled", "param_groups", "peak_lr", "build_optimizer", "lr_at",
            "eval_epochs", "eval_network", "evaluate", "evaluate_epoch", "train_one_epoch", "new_state"]
 
-NO_DECAY_NAMES = ("cls_token", "pos_embed", "prompt")  # tokens and embeddings: never decayed under "matrices"
+# Tokens and embeddings, never decayed under "matrices" (Swin's relative position bias too, as timm's no_weight_decay)
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "prompt", "relative_position_bias_table")
 
 
 def autocast(device: str | torch.device, precision: str):

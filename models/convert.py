@@ -123,7 +123,7 @@ def model_args(state_dict: dict) -> dict:
     """``create_model`` keyword arguments implied by a converted (our layout) state dict: ``arch``, ``num_classes``,
     ``img_size``, and ``dim`` (ARC bottleneck) or ``rank`` (SNELL) where present. Raises ``ValueError`` when the
     shapes match no architecture in ``models.ARCHS``."""
-    from .vit import ARCHS
+    from .vit import VIT_ARCHS as ARCHS
 
     def need(key: str) -> torch.Tensor:
         if key not in state_dict:

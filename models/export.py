@@ -16,7 +16,7 @@ import copy
 
 import torch
 
-from .vit import ARCHS, VisionTransformer
+from .vit import VIT_ARCHS as ARCHS, VisionTransformer
 
 __all__ = ["export_timm", "timm_config", "timm_model_name"]
 
@@ -41,7 +41,10 @@ def _plain(model: VisionTransformer) -> VisionTransformer:
 def export_timm(model: VisionTransformer) -> dict[str, torch.Tensor]:
     """State dict (merged, detached copies, the model's dtype and device) that ``VisionTransformer(**timm_config(
     model))`` of ``timm.models.vision_transformer`` loads with ``strict=True`` and that computes ``model``'s eval-mode
-    logits. Raises ``ValueError`` for a method that cannot merge."""
+    logits. Raises ``ValueError`` for a method that cannot merge, and for a backbone other than the ViT."""
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"export_timm writes timm ViT state dicts; {type(model).__name__} models are evaluated with "
+                         "this repository's model (models.merge gives the plain backbone)")
     plain = _plain(model)
     ours = plain.state_dict()
     out: dict[str, torch.Tensor] = {}

@@ -29,7 +29,7 @@ def adapter_metadata(model, **extra) -> dict[str, str]:
     dataset, the seed of a random backbone, the training epoch ...) is added as given."""
     info = getattr(model, "pretrained_info", None) or {}
     meta = {"format": ADAPTER_FORMAT, "version": __version__, "arch": model.arch,
-            "img_size": model.patch_embed.img_size, "num_classes": model.head.out_features, "method": model.method.name,
+            "img_size": model.img_size, "num_classes": model.head.out_features, "method": model.method.name,
             "method_args": json.dumps(model.method.config()), "pretrained": info.get("requested") or info.get("source")
             or "none", "pretrained_sha256": info.get("sha256") or "", "backbone_sha256": info.get("backbone_sha256")
             or "", **extra}

@@ -52,7 +52,7 @@ import torch
 
 from util.files import sha256_file
 
-from .vit import ARCHS, VisionTransformer
+from .vit import VIT_ARCHS, VisionTransformer
 
 __all__ = ["load_pretrained", "WeightsUnavailable",
            "resolve_timm_name", "timm_to_ours", "load_state_dict_into", "read_npz",
@@ -92,6 +92,8 @@ _DEFAULT_TIMM_NAME = {
     "vit_base_patch16_224": "vit_base_patch16_224.orig_in21k",
     "vit_large_patch16_224": "vit_large_patch16_224.orig_in21k",
     "vit_huge_patch14_224": "vit_huge_patch14_224.orig_in21k",
+    "swin_base_patch4_window7_224": "swin_base_patch4_window7_224.ms_in22k",  # docs/backbones.md §5
+    "convnext_base": "convnext_base.fb_in22k",
 }
 _SIZE_LETTER = {(192, 12): "Ti", (384, 12): "S", (768, 12): "B", (1024, 24): "L", (1280, 32): "H"}
 
@@ -471,6 +473,102 @@ def sha256_tensors(names, state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+# ------------------------------------------------------------------------------------ Swin and ConvNeXt (timm keys)
+# What our Swin / ConvNeXt name differently from timm (docs/backbones.md §5): ConvNeXt's final LayerNorm sits in
+# timm's head (head.norm); ours is ``norm``, and ``head`` is the classifier only.
+_TIMM_RENAMES = (("head.norm.", "norm."),)
+# Buffers that official (non-timm) checkpoints store and timm recomputes: dropped on the way in.
+_RECOMPUTED = ("relative_position_index", "attn_mask")
+
+
+def _official_to_timm(model, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The released Swin / ConvNeXt files (``swin_base_patch4_window7_224_22k.pth``, ``convnext_base_22k_224.pth``,
+    as SNELL loads them) in timm's keys, through timm's own ``checkpoint_filter_fn`` for a timm model of ``model``'s
+    dimensions; timm-keyed state dicts pass through."""
+    import importlib
+
+    official = "layers.0.downsample.reduction.weight" in sd or any(k.startswith("downsample_layers.") for k in sd)
+    if not official:
+        return sd
+    with torch.device("meta"):
+        shell = model.timm_equivalent()
+    return importlib.import_module(type(shell).__module__).checkpoint_filter_fn(sd, shell)
+
+
+def _timm_to_backbone(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """timm-keyed Swin / ConvNeXt tensors in our names (renamed, q/k/v split, head and buffers dropped)."""
+    renamed = {}
+    for k, v in sd.items():
+        if any(b in k for b in _RECOMPUTED):
+            continue
+        for old, new in _TIMM_RENAMES:
+            k = new + k[len(old):] if k.startswith(old) else k
+        renamed[k] = v
+    return timm_to_ours(renamed)
+
+
+def _check_fit(model, ours: dict[str, torch.Tensor], arch: str) -> None:
+    """ValueError unless ``ours`` holds every backbone tensor of ``model`` with its shape, and nothing else."""
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    unexpected = [k for k in ours if k not in own]
+    missing = [k for k in own if k not in ours]
+    if unexpected or missing:
+        raise ValueError(f"the weights do not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]} "
+                         f"(other weights, or another --arch?)")
+    for k, v in own.items():
+        if ours[k].shape != v.shape:
+            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(ours[k].shape)}, model {tuple(v.shape)} "
+                             f"(--arch {arch}, img_size {model.img_size})")
+
+
+def _load_backbone_tensors(model, sd: dict[str, torch.Tensor], arch: str) -> dict:
+    """timm-keyed Swin / ConvNeXt tensors -> ``model`` (head left alone), checked by ``_check_fit``."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("cannot load pretrained weights into a model on the meta device; build it on a real device")
+    ours, ignored = _timm_to_backbone(sd)
+    _check_fit(model, ours, arch)
+    model.load_state_dict(ours, strict=False)
+    own = [k for k in model.state_dict() if not k.startswith("head.")]
+    return {"checkpoint_arch": arch, "qkv_fused": any(".attn.qkv." in k for k in sd), "ignored_keys": ignored,
+            "pos_embed_resampled": None, "backbone_sha256": sha256_tensors(own, model.state_dict())}
+
+
+def _load_hierarchical(model, source: str, arch: str) -> dict:
+    """``load_pretrained`` for Swin and ConvNeXt: a timm name (``swin_base_patch4_window7_224.ms_in22k``,
+    ``convnext_base.fb_in22k``) or a state-dict file in timm's or the official release's keys."""
+    lower = source.lower()
+    if not (lower.endswith(_SAFETENSORS + _TORCH) or os.sep in source or os.path.exists(source)):
+        import timm
+
+        full = resolve_timm_name(source)
+        with torch.device("meta"):  # shapes only: checks --arch before anything is downloaded
+            shell = timm.create_model(full, pretrained=False, num_classes=0)
+        try:
+            _check_fit(model, _timm_to_backbone(shell.state_dict())[0], arch)
+        except ValueError as e:
+            raise ValueError(f"timm weights {full!r}: {e} (for {arch} pass e.g. "
+                             f"{_DEFAULT_TIMM_NAME.get(arch, arch + '.<tag>')})") from None
+        try:
+            ref = timm.create_model(full, pretrained=True, num_classes=0)
+        except Exception as e:  # hub / network / cache failures
+            raise WeightsUnavailable(f"timm could not load the pretrained weights {full!r} ({type(e).__name__}: "
+                                     f"{e}). Check the network or the Hugging Face cache (HF_HOME)") from e
+        path = _timm_cached_file(dict(ref.pretrained_cfg))
+        info = _load_backbone_tensors(model, ref.state_dict(), arch)
+        return {"source": full, "requested": source, "kind": "timm", "path": path,
+                "sha256": sha256_file(path) if path else None, **info}
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ValueError(_missing_file_message(source, arch))
+    path = path.resolve()
+    try:
+        info = _load_backbone_tensors(model, _official_to_timm(model, read_state_dict(path)), arch)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return {"source": str(path), "requested": source, "kind": "safetensors" if lower.endswith(_SAFETENSORS) else "pth",
+            "path": str(path), "sha256": sha256_file(path), **info}
+
+
 # --------------------------------------------------------------------------------------------------------- entry
 def _missing_file_message(path: str, arch: str) -> str:
     name = os.path.basename(path)
@@ -490,8 +588,10 @@ def load_pretrained(model: VisionTransformer, source: str, arch: str) -> dict:
     ``model``'s backbone and return the info dict described in the module docstring. The pre-trained head is never
     loaded. A file that does not fit is one ``ValueError`` line that starts with the file's path.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    if not isinstance(model, VisionTransformer):
+        return _load_hierarchical(model, str(source), arch)
+    if arch not in VIT_ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(VIT_ARCHS)}")
     source = str(source)
     lower = source.lower()
     looks_like_file = lower.endswith(_NPZ + _SAFETENSORS + _TORCH) or os.sep in source or os.path.exists(source)

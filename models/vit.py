@@ -19,12 +19,14 @@ Hook points (B = batch, N = tokens incl. cls, D = width)::
     block.attn_in           (B, N, D) LN1 output feeding q/k/v                                       (ARC, SSF)
     block.attn.qkv_branch   optional: x -> (dq, dk, dv) added to the q/k/v outputs (shared input)    (SNELL, LoRA)
     block.attn_out          (B, N, D) attention output after drop-path, before the residual add    (Houlsby adapter)
+    block.mlp_stream        (B, N, D) residual stream before the MLP sub-block (its output is the stream) (ARC stream)
     block.mlp_in            (B, N, D) LN2 output feeding fc1                                         (ARC, SSF)
     block.mlp_out           (B, N, D) MLP output after drop-path, before the residual add          (NOAH adapter)
     block.mlp_parallel      optional: residual stream x -> addend to the MLP output                 (AdaptFormer)
     model.norm_hook         (B, N, D) after the final LayerNorm                                      (SSF)
 
-The head always reads token 0 (the cls token); methods that add tokens keep the cls token first.
+The head always reads token 0 (the cls token); methods that add tokens keep the cls token first. The interface
+shared with the other backbones (named linears, ``blocks``, capabilities, head) is ``models/backbone.py``.
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropPath, trunc_normal_
 
-__all__ = ["ARCHS", "ArchConfig", "VisionTransformer", "Attention", "Mlp", "Block", "PatchEmbed", "build_vit"]
+from .backbone import Backbone
+
+__all__ = ["VIT_ARCHS", "ArchConfig", "VisionTransformer", "Attention", "Mlp", "Block", "PatchEmbed", "build_vit"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class ArchConfig:
     mlp_ratio: float = 4.0
 
 
-ARCHS: dict[str, ArchConfig] = {
+VIT_ARCHS: dict[str, ArchConfig] = {
     "vit_tiny_patch16_224": ArchConfig(192, 12, 3, 16),
     "vit_small_patch16_224": ArchConfig(384, 12, 6, 16),
     "vit_base_patch16_224": ArchConfig(768, 12, 12, 16),
@@ -77,7 +81,11 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with separate q/k/v/proj linears and fused SDPA."""
+    """Multi-head self-attention with separate q/k/v/proj linears and fused SDPA.
+
+    ``fuse_qkv()`` replaces q, k, v by one ``qkv`` linear (D -> 3D, same function) for methods that adapt the fused
+    projection (HTA on Swin, docs/backbones.md §3); ``project`` serves both forms.
+    """
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0):
         super().__init__()
@@ -93,15 +101,42 @@ class Attention(nn.Module):
         # Optional module x -> (dq, dk, dv) (entries may be None) for methods whose q/k/v branches share one input
         # transformation (SNELL's single dropout draw, LoRA's shared down-projection).
         self.qkv_branch: nn.Module | None = None
+        self.qkv: nn.Module | None = None  # the fused form, once fuse_qkv() ran (q, k, v are then None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.q(x), self.k(x), self.v(x)
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v, each (..., D), branch included."""
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
         if self.qkv_branch is not None:
             dq, dk, dv = self.qkv_branch(x)
             q = q if dq is None else q + dq
             k = k if dk is None else k + dk
             v = v if dv is None else v + dv
+        return q, k, v
+
+    @torch.no_grad()
+    def fuse_qkv(self) -> None:
+        """Replace the plain q, k, v linears by one ``qkv = Linear(D, 3D)`` whose output is their concatenation."""
+        if self.qkv is not None:
+            return
+        parts = [self.q, self.k, self.v]
+        if any(type(p) is not nn.Linear for p in parts):
+            raise ValueError("cannot fuse q, k, v: one of them is already adapted "
+                             f"({', '.join(type(p).__name__ for p in parts)}); install one method only")
+        q = parts[0]
+        fused = nn.Linear(q.in_features, 3 * q.out_features, bias=q.bias is not None, device=q.weight.device,
+                          dtype=q.weight.dtype)
+        fused.weight.copy_(torch.cat([p.weight for p in parts]))
+        if q.bias is not None:
+            fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        fused.requires_grad_(q.weight.requires_grad)
+        self.qkv, self.q, self.k, self.v = fused, None, None, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.project(x)
         # (B, N, C) -> (B, heads, N, head_dim)
         q, k, v = (t.view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
@@ -122,14 +157,20 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
+    # name -> (owner attribute, linear attribute): what methods may adapt (models/backbone.py)
+    LINEARS = {"q": ("attn", "q"), "k": ("attn", "k"), "v": ("attn", "v"), "qkv": ("attn", "qkv"),
+               "proj": ("attn", "proj"), "fc1": ("mlp", "fc1"), "fc2": ("mlp", "fc2")}
+
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float = 0.0, drop: float = 0.0):
         super().__init__()
+        self.dim, self.stage = dim, 0
         self.tokens_in = nn.Identity()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn_in = nn.Identity()
         self.attn = Attention(dim, num_heads)
         self.attn_out = nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.mlp_stream = nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp_in = nn.Identity()
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -139,14 +180,17 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.tokens_in(x)
-        x = x + self.attn_out(self.drop_path1(self.attn(self.attn_in(self.norm1(x)))))
+        x = self.mlp_stream(x + self.attn_out(self.drop_path1(self.attn(self.attn_in(self.norm1(x))))))
         h = self.mlp_out(self.drop_path2(self.mlp(self.mlp_in(self.norm2(x)))))
         if self.mlp_parallel is not None:
             h = h + self.mlp_parallel(x)
         return x + h
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Backbone):
+    capabilities = frozenset({"cls_token", "tokens_in", "embed_hook", "uniform_width", "attention", "mlp_parallel",
+                              "mlp_stream", "fc2_out"})
+
     def __init__(
         self,
         img_size: int = 224,
@@ -162,7 +206,8 @@ class VisionTransformer(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
-        self.embed_dim = embed_dim
+        self.embed_dim = self.num_features = embed_dim
+        self.img_size = img_size
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.prelude: nn.Module | None = None
         self.embed_hook = nn.Identity()
@@ -187,22 +232,6 @@ class VisionTransformer(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def reset_head(self, num_classes: int, init: str = "trunc_normal") -> None:
-        """Replace the classifier by a fresh ``Linear(D, num_classes)``; ``init`` is 'zeros' or 'trunc_normal'
-        (std .02)."""
-        old = self.head
-        head = nn.Linear(self.embed_dim, num_classes, device=old.weight.device, dtype=old.weight.dtype)
-        if init == "zeros":
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
-        elif init == "trunc_normal":
-            trunc_normal_(head.weight, std=0.02)
-            nn.init.zeros_(head.bias)
-        else:
-            raise ValueError(f"unknown head init {init!r}: use 'zeros' or 'trunc_normal'")
-        self.head = head
-        self.num_classes = num_classes
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.prelude is not None:
             self.prelude()
@@ -213,19 +242,19 @@ class VisionTransformer(nn.Module):
             x = blk(x)
         return self.norm_hook(self.norm(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)[:, 0])
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]  # the cls token
 
 
 def build_vit(arch: str, num_classes: int = 1000, img_size: int = 224, **kwargs) -> VisionTransformer:
-    """A randomly initialised ViT of a named architecture (see ``ARCHS``); kwargs: drop_rate, drop_path_rate."""
-    if arch not in ARCHS:
+    """A randomly initialised ViT of a named architecture (``VIT_ARCHS``); kwargs: drop_rate, drop_path_rate."""
+    if arch not in VIT_ARCHS:
         import difflib
 
-        close = difflib.get_close_matches(arch, ARCHS, n=1)
+        close = difflib.get_close_matches(arch, VIT_ARCHS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown arch {arch!r}.{hint} Known: {', '.join(ARCHS)}")
-    a = ARCHS[arch]
+        raise ValueError(f"unknown arch {arch!r}.{hint} Known: {', '.join(VIT_ARCHS)}")
+    a = VIT_ARCHS[arch]
     return VisionTransformer(
         img_size=img_size,
         patch_size=a.patch_size,

@@ -311,6 +311,9 @@ BACKBONES = {  # paper-table backbone id (docs/benchmarks.md §5) -> (arch, timm
     "vit_b16_augreg_in21k": ("vit_base_patch16_224", "vit_base_patch16_224.augreg_in21k"),
     "vit_l16_in21k": ("vit_large_patch16_224", "vit_large_patch16_224.orig_in21k"),
     "vit_h14_in21k": ("vit_huge_patch14_224", "vit_huge_patch14_224.orig_in21k"),
+    "swin_b_in21k": ("swin_base_patch4_window7_224", "swin_base_patch4_window7_224.ms_in22k"),  # docs/backbones.md §5
+    "convnext_b_in21k": ("convnext_base", "convnext_base.fb_in22k"),
+    "vit_b16_mae": ("vit_base_patch16_224", "vit_base_patch16_224.mae"),
 }
 
 

@@ -120,11 +120,18 @@ def backbone_id(arch: str | None, source: str | None) -> str | None:
     s = (source or "").lower()
     if not s or s == "none":
         return None
+    name = s.replace("\\", "/").rsplit("/", 1)[-1]
+    # Swin-B and ConvNeXt-B IN-22k: timm's names or the released files SNELL loads (docs/backbones.md §5)
+    if arch == "swin_base_patch4_window7_224" and ("in22k" in s or name == "swin_base_patch4_window7_224_22k.pth") \
+            and "in1k" not in s:
+        return "swin_b_in21k"
+    if arch == "convnext_base" and ("fb_in22k" == s.rsplit(".", 1)[-1] or name == "convnext_base_22k_224.pth"):
+        return "convnext_b_in21k"
     family = {"vit_base_patch16_224": "b16", "vit_large_patch16_224": "l16", "vit_huge_patch14_224": "h14"}.get(
         arch or "")
     if family is None:
         return None
-    name = s.replace("\\", "/").rsplit("/", 1)[-1]  # the self-supervised ViT-B/16s of SNELL Table 2
+    # the self-supervised ViT-B/16s of SNELL Table 2
     if family == "b16" and (s == "vit_base_patch16_224.mae" or name == "mae_pretrain_vit_base.pth"):
         return "vit_b16_mae"
     if family == "b16" and name in ("linear-vit-b-300ep.pth.tar", "vit-b-300ep.pth.tar"):

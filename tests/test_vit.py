@@ -4,7 +4,7 @@ import timm
 import torch
 
 import models
-from models.vit import ARCHS
+from models.vit import VIT_ARCHS as ARCHS
 
 
 def _timm_to_ours(sd):

@@ -94,9 +94,12 @@ class Adapter(Method):
 
     def install(self, model: nn.Module) -> None:
         for blk in model.blocks:
-            dev = blk.norm2.weight.device
+            dev = blk.mlp.fc2.weight.device
             for pos in self.positions:
                 hook = ADAPTER_POSITIONS[pos]
+                if not hasattr(blk, hook):
+                    raise ValueError(f"{self.name}: position {pos!r} needs block.{hook}, which "
+                                     f"{type(model).__name__} blocks do not have; use positions=('ffn',)")
                 if not isinstance(getattr(blk, hook), nn.Identity):
                     raise ValueError(f"{self.name}: block.{hook} is already in use; install one method only")
-                setattr(blk, hook, BottleneckAdapter(model.embed_dim, self.dim, self.dropout, self.init, device=dev))
+                setattr(blk, hook, BottleneckAdapter(blk.dim, self.dim, self.dropout, self.init, device=dev))

@@ -65,6 +65,7 @@ class AdaptFormer(Method):
     """
 
     name: ClassVar[str] = "adaptformer"
+    needs: ClassVar[tuple[str, ...]] = ("mlp_parallel",)
     mergeable: ClassVar[bool] = False
 
     dim: int = 8
@@ -82,5 +83,5 @@ class AdaptFormer(Method):
         for blk in model.blocks:
             if blk.mlp_parallel is not None:
                 raise ValueError(f"{self.name}: block.mlp_parallel is already in use; install one method only")
-            blk.mlp_parallel = AdaptFormerBranch(model.embed_dim, self.dim, self.scale, self.dropout,
+            blk.mlp_parallel = AdaptFormerBranch(blk.dim, self.dim, self.scale, self.dropout,
                                                  device=blk.norm2.weight.device)

@@ -20,7 +20,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .base import Method, check_int, check_rate, dropout_layer, merged_linear, register
+from .base import Method, check_int, check_rate, dropout_layer, merged_linear, register, require
 
 __all__ = ["ARC", "ARCAtt", "ARCShared", "ARCAdapter"]
 
@@ -93,8 +93,11 @@ class _ARCBase(Method):
 
     dim: int = 50  # bottleneck width d (50 in every released config)
     dropout: float = 0.1  # bottleneck dropout (`--adapt_drop`, docs/methods/arc.md §7.1)
+    share: str = "model"  # U shared by the whole model (ViT), or "stage": one U per stage (Swin, docs/backbones.md §3)
+    mlp_at: str = "mlp_in"  # FFN-side adapter on the LN2 output (ViT), or "stream": on the residual stream (Swin)
+    head_init: str = "zeros"  # zero_head=True in the ViT scripts (docs/methods/arc.md §3); the Swin code: trunc_normal
 
-    head_init = "zeros"  # zero_head=True in the official scripts (docs/methods/arc.md §3)
+    needs = ("attention",)
     _mlp = False
 
     def _mlp_lambda_init(self) -> str:
@@ -103,17 +106,48 @@ class _ARCBase(Method):
     def __post_init__(self):
         check_int(self.name, "dim", self.dim, note=" (the bottleneck width)")
         self.dropout = check_rate(self.name, "dropout", self.dropout)
+        if self.share not in ("model", "stage"):
+            raise ValueError(f"{self.name}: share must be 'model' or 'stage', got {self.share!r}")
+        if self.mlp_at not in ("mlp_in", "stream"):
+            raise ValueError(f"{self.name}: mlp_at must be 'mlp_in' or 'stream', got {self.mlp_at!r}")
+        if self.head_init not in ("zeros", "trunc_normal"):
+            raise ValueError(f"{self.name}: head_init must be 'zeros' or 'trunc_normal', got {self.head_init!r}")
+
+    @property
+    def mergeable(self) -> bool:
+        return not (self._mlp and self.mlp_at == "stream")
+
+    def unmergeable_reason(self) -> str:
+        return ("its FFN-side adapter acts on the residual stream (mlp_at='stream', the official Swin placement), and "
+                "the LayerNorm between it and fc1 is not linear, so no weight computes it exactly; merging it would "
+                "only approximate the trained model (docs/backbones.md §3)")
 
     def install(self, model: nn.Module) -> None:
         # Trainable set is explicit (ARC-1, docs/methods/arc.md §4): U's, λ's, b's (+ the head, which create_model
         # makes trainable).
-        device = model.pos_embed.device
-        model.arc = ARCShared(model.embed_dim, self.dim, mlp=self._mlp).to(device).requires_grad_(True)
-        for blk in model.blocks:
-            blk.attn_in = ARCAdapter(model.arc, "att", self.dropout, "zeros").to(device).requires_grad_(True)
+        device = model.head.weight.device
+        blocks = model.blocks
+        if self._mlp and self.mlp_at == "stream":
+            require(model, f"{self.name} (mlp_at='stream')", "mlp_stream")
+        if self.share == "model":
+            widths = sorted({blk.dim for blk in blocks})
+            if len(widths) > 1:
+                raise ValueError(f"{self.name}: share='model' needs one width, but the blocks of "
+                                 f"{type(model).__name__} are {widths} wide; use share='stage'")
+            model.arc = ARCShared(widths[0], self.dim, mlp=self._mlp).to(device).requires_grad_(True)
+            shared = [model.arc] * len(blocks)
+        else:  # one (U_att, U_mlp) per stage, in stage order
+            stages = sorted({blk.stage for blk in blocks})
+            width = {blk.stage: blk.dim for blk in blocks}
+            model.arc = nn.ModuleList(ARCShared(width[s], self.dim, mlp=self._mlp) for s in stages)
+            model.arc.to(device).requires_grad_(True)
+            shared = [model.arc[stages.index(blk.stage)] for blk in blocks]
+        hook = "mlp_in" if self.mlp_at == "mlp_in" else "mlp_stream"
+        for blk, sh in zip(blocks, shared):
+            blk.attn_in = ARCAdapter(sh, "att", self.dropout, "zeros").to(device).requires_grad_(True)
             if self._mlp:
-                blk.mlp_in = ARCAdapter(model.arc, "mlp", self.dropout, self._mlp_lambda_init()).to(device)
-                blk.mlp_in.requires_grad_(True)
+                setattr(blk, hook, ARCAdapter(sh, "mlp", self.dropout, self._mlp_lambda_init()).to(device))
+                getattr(blk, hook).requires_grad_(True)
 
     def merge(self, model: nn.Module) -> None:
         """Fold every adapter into the linears it feeds (docs/methods/arc.md §5); already-merged blocks are left as

@@ -14,16 +14,16 @@ from typing import ClassVar, Iterator
 import torch
 from torch import nn
 
-__all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "WrappedLinear", "DeltaLinear",
+__all__ = ["Method", "METHODS", "register", "LINEAR_NAMES", "iter_linears", "require", "WrappedLinear", "DeltaLinear",
            "merged_linear", "check_targets", "check_int", "check_rate", "check_auto_flag", "by_device", "dropout_layer",
            "autocast_dtype", "full_precision", "autocast_input", "prelude_batches", "take_handover",
            "PRELUDE_MAX_ELEMENTS"]
 
 METHODS: dict[str, type["Method"]] = {}
 
-# Linear layers of a block that weight-delta methods may target, and where they live in ``Block``.
+# The linears of a ViT block that weight-delta methods target by default; every backbone names its own
+# (``Block.LINEARS``, models/backbone.py), and ``qkv`` (fused) and ``reduction`` (Swin's patch merging) are targets too.
 LINEAR_NAMES = ("q", "k", "v", "proj", "fc1", "fc2")
-_OWNER = {"q": "attn", "k": "attn", "v": "attn", "proj": "attn", "fc1": "mlp", "fc2": "mlp"}
 
 
 def register(cls: type["Method"]) -> type["Method"]:
@@ -41,6 +41,7 @@ class Method:
     name: ClassVar[str] = ""
     head_init: ClassVar[str] = "trunc_normal"  # 'zeros' where the paper's code zero-initialises the head
     mergeable: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ()  # backbone capabilities the method relies on (models/backbone.py)
 
     def install(self, model: nn.Module) -> None:
         """Add the method's modules to ``model`` and make its tensors trainable. Backbone is frozen, head trainable."""
@@ -49,17 +50,23 @@ class Method:
         """Fold the method into the plain ViT in place (eval-mode function unchanged), removing its modules."""
         raise ValueError(f"method {self.name!r} cannot be merged into a plain ViT")
 
+    def unmergeable_reason(self) -> str:
+        """Why ``merge`` refuses this method (only asked when ``mergeable`` is false)."""
+        return "it adds a non-linear or token-level computation that no weight can express"
+
     def config(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def check_targets(targets, allowed=LINEAR_NAMES) -> tuple[str, ...]:
+def check_targets(targets, allowed=LINEAR_NAMES + ("reduction",)) -> tuple[str, ...]:
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
     bad = [t for t in targets if t not in allowed]
     if bad or not targets:
         raise ValueError(f"targets {targets!r}: each must be one of {', '.join(allowed)}")
     if len(set(targets)) != len(targets):
         raise ValueError(f"targets {targets!r} names a layer twice")
+    if "qkv" in targets and set(targets) & {"q", "k", "v"}:
+        raise ValueError(f"targets {targets!r}: name the fused qkv or the separate q, k, v, not both")
     return targets
 
 
@@ -149,11 +156,33 @@ def take_handover(layer: nn.Module, slot: str):
 
 
 def iter_linears(model: nn.Module, targets) -> Iterator[tuple[int, nn.Module, str, nn.Module]]:
-    """Yield ``(block_index, owner_module, attr_name, layer)`` for each targeted linear of every block."""
-    for i, blk in enumerate(model.blocks):
-        for t in targets:
-            owner = getattr(blk, _OWNER[t])
-            yield i, owner, t, getattr(owner, t)
+    """Yield ``(block_index, owner_module, attr_name, layer)`` for each targeted linear, block by block in ``targets``
+    order, then the targeted linears outside the blocks; layers are found by name (``Backbone.linear_sites``).
+    Asking for ``qkv`` fuses each attention's q/k/v first. A name the backbone does not offer is a ValueError."""
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    sites = model.linear_sites()
+    offered = model.linear_names()
+    missing = [t for t in targets if t not in offered]
+    if missing:
+        raise ValueError(f"{type(model).__name__} has no linear named {', '.join(missing)}: it offers "
+                         f"{', '.join(offered)} (docs/backbones.md §2); set the method's targets accordingly")
+    order = {t: j for j, t in enumerate(targets)}
+    picked = sorted((s for s in sites if s[1] in order), key=lambda s: (s[0], order[s[1]]))
+    for i, name, owner, attr in picked:
+        if name == "qkv":
+            owner.fuse_qkv()
+        yield i, owner, attr, getattr(owner, attr)
+
+
+def require(model: nn.Module, method: str, *needs: str) -> None:
+    """One ValueError unless ``model`` offers every capability in ``needs`` (models/backbone.py ``CAPABILITIES``)."""
+    from ..backbone import CAPABILITIES
+
+    lacking = [n for n in needs if n not in model.capabilities]
+    if lacking:
+        what = "; ".join(CAPABILITIES[n] for n in lacking)
+        raise ValueError(f"method {method!r} needs {what}, which {type(model).__name__} does not have: this pair is "
+                         "not supported (docs/backbones.md §4 lists the supported pairs)")
 
 
 class WrappedLinear(nn.Module):

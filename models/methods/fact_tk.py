@@ -137,6 +137,7 @@ class FacTTK(Method):
     """
 
     name: ClassVar[str] = "fact_tk"
+    needs: ClassVar[tuple[str, ...]] = ("uniform_width", "attention")
     backbone_drop_path: ClassVar[float] = 0.1
 
     rank: int = 8

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, by_device,
+from .base import (LINEAR_NAMES, PRELUDE_MAX_ELEMENTS, DeltaLinear, Method, autocast_dtype, autocast_input, by_device,
                    check_auto_flag, check_int, check_rate, check_targets, dropout_layer, full_precision, iter_linears,
-                   merged_linear, prelude_batches, register, take_handover)
+                   merged_linear, prelude_batches, register, require, take_handover)
 
 __all__ = ["HTA", "HTALinear", "HTAAdapter", "HTAPrelude", "hta_delta_weight", "hta_factors_many", "hta_weights_many",
            "hta_lowrank_branch", "hta_factors_batched", "hta_factors", "hta_branch_reference", "householder"]
@@ -393,15 +393,16 @@ class HTA(Method):
             raise ValueError(f"hta: unknown impl {self.impl!r}; use one of {', '.join(_IMPLS)}")
         if self.placement not in _PLACEMENTS:
             raise ValueError(f"hta: unknown placement {self.placement!r}; use one of {', '.join(_PLACEMENTS)}")
-        self.targets = check_targets(self.targets)
+        self.targets = check_targets(self.targets, LINEAR_NAMES + ("qkv", "reduction"))
         if self.placement == "ffn_adapter" and self.targets != _DEFAULT_TARGETS:
             raise ValueError("hta: placement='ffn_adapter' adapts the FFN output of every block; "
                              "'targets' applies only to placement='linear'")
 
     def install(self, model: nn.Module) -> None:
         if self.placement == "ffn_adapter":
+            require(model, "hta (placement='ffn_adapter')", "fc2_out")
             for blk in model.blocks:
-                blk.mlp_out = HTAAdapter(model.embed_dim, self.rank, self.dropout, device=blk.mlp.fc2.weight.device,
+                blk.mlp_out = HTAAdapter(blk.dim, self.rank, self.dropout, device=blk.mlp.fc2.weight.device,
                                          impl=self.impl)
             model.prelude = HTAPrelude([blk.mlp_out for blk in model.blocks], self.batch_weights)
             return

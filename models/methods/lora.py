@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (DeltaLinear, Method, check_int, check_rate, check_targets, dropout_layer, iter_linears,
-                   merged_linear, register)
+                   merged_linear, register, require)
 
 __all__ = ["LoRA", "LoRAQV", "LoRALinear", "LoRAQKV"]
 
@@ -129,11 +129,11 @@ class LoRA(Method):
     def install(self, model: nn.Module) -> None:
         qkv, own = self._split()
         if qkv:
+            require(model, f"{self.name} (targets {', '.join(qkv)})", "attention")
             for blk in model.blocks:
                 if blk.attn.qkv_branch is not None:
                     raise ValueError(f"{self.name}: attn.qkv_branch is already in use; install one method only")
-                blk.attn.qkv_branch = LoRAQKV(model.embed_dim, self.rank, qkv, self.dropout,
-                                              device=blk.attn.q.weight.device)
+                blk.attn.qkv_branch = LoRAQKV(blk.dim, self.rank, qkv, self.dropout, device=blk.attn.q.weight.device)
         if own:
             for _, owner, name, layer in iter_linears(model, own):
                 if not isinstance(layer, nn.Linear):
@@ -144,7 +144,7 @@ class LoRA(Method):
     def merge(self, model: nn.Module) -> None:
         """W_t ← W_t + B_t·A for every target; removes the qkv branch and the wrappers (idempotent)."""
         for blk in model.blocks:
-            branch = blk.attn.qkv_branch
+            branch = getattr(getattr(blk, "attn", None), "qkv_branch", None)
             if isinstance(branch, LoRAQKV):
                 for t in branch.targets:
                     setattr(blk.attn, t, merged_linear(getattr(blk.attn, t), branch.delta_weight(t)))

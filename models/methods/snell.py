@@ -599,12 +599,13 @@ class SNELL(Method):
             setattr(self, name, check_rate("snell", name, getattr(self, name)))
 
     def install(self, model: nn.Module) -> None:
-        model.cls_token.requires_grad_(True)  # ft_cls_token=True (docs/methods/snell.md §1)
+        if "cls_token" in model.capabilities:
+            model.cls_token.requires_grad_(True)  # ft_cls_token=True (docs/methods/snell.md §1)
         for _, owner, name, lin in iter_linears(model, self.targets):
             setattr(owner, name, SNELLLinear(
                 lin, self.rank, self.sparsity, dropout=0.0 if name in _NO_INPUT_DROPOUT else self.dropout,
                 drop_path=self.drop_path, checkpoint=self.checkpoint, shared_input=name in _QKV, delta=self.delta))
-        for blk in model.blocks:
+        for blk in model.blocks if set(self.targets) & set(_QKV) else ():
             qkv = [getattr(blk.attn, n) if isinstance(getattr(blk.attn, n), SNELLLinear) else None for n in _QKV]
             if any(lin is not None for lin in qkv):
                 blk.attn.qkv_branch = SNELLQKVBranch(*qkv, dropout=self.dropout, checkpoint=self.checkpoint)
@@ -619,5 +620,5 @@ class SNELL(Method):
         for _, owner, name, lin in iter_linears(model, self.targets):
             if isinstance(lin, SNELLLinear):
                 setattr(owner, name, lin.merged())
-        for blk in model.blocks:
+        for blk in model.blocks if set(self.targets) & set(_QKV) else ():
             blk.attn.qkv_branch = None

@@ -98,6 +98,7 @@ class SSFMethod(Method):
     """
 
     name: ClassVar[str] = "ssf"
+    needs: ClassVar[tuple[str, ...]] = ("embed_hook", "uniform_width")
 
     def install(self, model: nn.Module) -> None:
         dev = model.norm.weight.device

@@ -83,6 +83,7 @@ class VPTShallow(Method):
     """
 
     name: ClassVar[str] = "vpt_shallow"
+    needs: ClassVar[tuple[str, ...]] = ("cls_token", "tokens_in")
     mergeable: ClassVar[bool] = False
     deep: ClassVar[bool] = False
 
