@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "reproduce" / "configs").glob("*.yaml"))
 SCRIPTS = {"householder_vtab.sh": "hta_vtab", "householder_vtab_large.sh": "hta_vtab_large",
            "householder_fgvc.sh": "hta_fgvc", "arc_vtab.sh": "arc_vtab", "arc_fgvc.sh": "arc_fgvc",
-           "snell_vtab.sh": "snell_vtab", "snell_fgvc.sh": "snell_fgvc"}
+           "snell_vtab.sh": "snell_vtab", "snell_fgvc.sh": "snell_fgvc", "householder_vtab_swin.sh": "hta_vtab_swin",
+           "arc_vtab_swin.sh": "arc_vtab_swin"}
 
 
 def script_configs(path: Path) -> list[str]:

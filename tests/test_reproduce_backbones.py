@@ -1,0 +1,79 @@
+"""The Swin-B and ConvNeXt-B tables as scripts (docs/backbones.md): a CPU smoke run of householder_vtab_swin.sh,
+arc_vtab_swin.sh, snell_vtab_swin.sh and snell_vtab_convnext.sh on a generated tree, each row's verification table
+carrying the paper's numbers."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+from pathlib import Path
+
+from reproduce import taskcfg
+from test_reproduce_smoke import finished_run, make_vtab_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+SWIN_MICRO, CONVNEXT_MICRO = "swin_micro_patch4_window4", "convnext_micro"
+
+
+def _printed(csv_name: str, backbone: str) -> dict[str, dict[str, float]]:
+    """Printed values per row label and task, from reproduce/paper_tables/."""
+    out: dict[str, dict[str, float]] = {}
+    with open(ROOT / "reproduce" / "paper_tables" / csv_name) as f:
+        for r in csv.DictReader(f):
+            if r["backbone"] == backbone:
+                out.setdefault(r["method"], {})[r["task"]] = float(r["value"])
+    return out
+
+
+HTA_CSV, SNELL_CSV = "hta_apptable5_vtab_swinb.csv", "snell_table3_vtab_swin_convnext.csv"
+TABLE3 = {"full": "Full", "linear": "Linear", "adapter8": "Adapter-8", "lora8": "LoRA-8", "snell8": "SNELL-8"}
+SMOKE = {  # script -> (ARCH, the rows it runs as (config, paper csv, backbone id, row label))
+    "householder_vtab_swin.sh": (SWIN_MICRO, [("hta_vtab_swin", HTA_CSV, "swin_b_in21k", "HTA")]),
+    "arc_vtab_swin.sh": (SWIN_MICRO, [("arc_vtab_swin", HTA_CSV, "swin_b_in21k", "ARC")]),
+    "snell_vtab_swin.sh": (SWIN_MICRO, [(f"snell_swin_{r}", SNELL_CSV, "swin_b_in21k", label)
+                                        for r, label in TABLE3.items()]),
+    "snell_vtab_convnext.sh": (CONVNEXT_MICRO, [(f"snell_convnext_{r}", SNELL_CSV, "convnext_b_in21k", label)
+                                                for r, label in TABLE3.items()]),
+}
+TRAINED = {"hta_vtab_swin", "arc_vtab_swin", "snell_swin_snell8", "snell_convnext_snell8", "snell_convnext_lora8"}
+
+
+def test_new_table_scripts_smoke_run_with_the_printed_numbers(tmp_path):
+    """All four scripts at once on a generated tree, each row ending in its verification table against its printed
+    row: five rows train one epoch of the micro Swin / ConvNeXt (HTA with the reductions, ARC on the stream, SNELL
+    and LoRA on ConvNeXt's fc1/fc2), the others are finished (synthetic) runs the sweep skips."""
+    make_vtab_tree(tmp_path / "vtab", ["cifar"])
+    for script, (_, rows) in SMOKE.items():
+        for config, *_ in rows:
+            if config not in TRAINED:
+                cfg = taskcfg.resolve(taskcfg.load(ROOT / "reproduce" / "configs" / f"{config}.yaml"), "cifar")
+                finished_run(tmp_path / "runs" / script / config, cfg, seed=cfg["seed"])
+    env = {**os.environ, "TASKS": "cifar", "EPOCHS": "1", "WEIGHTS": "none", "IMG_SIZE": "32",
+           "VTAB_ROOT": str(tmp_path / "vtab"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    procs = {s: subprocess.Popen([str(ROOT / "reproduce" / s)], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True,
+                                 env={**env, "ARCH": arch, "OUT": str(tmp_path / "runs" / s),
+                                      "VIT_PEFT_CACHE": str(tmp_path / "cache" / s)})
+             for s, (arch, _) in SMOKE.items()}
+    outputs = {s: p.communicate(timeout=300)[0] for s, p in procs.items()}
+    for script, (_, rows) in SMOKE.items():
+        out = outputs[script]
+        assert procs[script].returncode == 0, out[-3000:]
+        for config, csv_name, backbone, label in rows:
+            seed = taskcfg.resolve(taskcfg.load(ROOT / "reproduce" / "configs" / f"{config}.yaml"), "cifar")["seed"]
+            assert (tmp_path / "runs" / script / config / "cifar" / f"seed{seed}" / "results.json").is_file()
+            table = out[out.index(f"{config}: 1 run(s)"):]
+            table = table[:table.index("Out of tolerance")]
+            table_name = "App. Table 5" if csv_name.startswith("hta") else "Table 3"
+            paper = "HTA" if csv_name.startswith("hta") else "SNELL"
+            assert f"paper rows: {paper} {table_name}, {label} ({backbone})" in table, table
+            lines = {line.split("(")[0].split("=")[0].strip(): line for line in table.splitlines()}
+            printed = _printed(csv_name, backbone)[label]
+            for key, group in (("mean Natural", "mean_natural"), ("mean Specialized", "mean_specialized"),
+                               ("mean Structured", "mean_structured")):
+                assert f" {printed[group]:.1f} " in lines[key], (config, key, lines[key])
+            if paper == "HTA":  # per task and the 19-task mean are printed too
+                cifar = next(line for line in table.splitlines() if line.startswith("cifar "))
+                assert f" {printed['cifar']:.1f} " in cifar and f" {printed['mean_19']:.1f} " in lines["mean_19"]
+            else:
+                assert f" {printed['mean_groups']:.1f} " in lines["mean_groups"], (config, lines["mean_groups"])
