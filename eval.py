@@ -181,8 +181,8 @@ def main(argv=None) -> int:
                 raise RunError("--checkpoint needs --format arc|snell and --dataset")
             model, cfg = model_from_official(args)
         if args.merge and not model.method.mergeable:
-            raise RunError(f"--merge: method {model.method.name!r} adds a computation no weight can express, so it "
-                             "cannot be merged into a plain ViT; drop --merge")
+            raise RunError(f"--merge: method {model.method.name!r} cannot be merged into a plain backbone: "
+                           f"{model.method.unmergeable_reason()}; drop --merge")
         if args.precision:
             cfg.precision = args.precision
         split, loader = eval_loader(cfg.dataset, args.split, data_root=cfg.data_root, img_size=cfg.img_size,

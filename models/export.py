@@ -32,9 +32,9 @@ def _plain(model: VisionTransformer) -> VisionTransformer:
             raise ValueError("model has method modules but no .method: build it with models.create_model to export")
         return copy.deepcopy(model)
     if not method.mergeable:
-        raise ValueError(f"method {method.name!r} cannot be exported to timm: it adds a computation no weight can "
-                         "express; it cannot run as a plain timm ViT (evaluate it with this repository's model, or "
-                         "train a mergeable method such as lora, hta, snell, arc or ssf)")
+        raise ValueError(f"method {method.name!r} cannot be exported to timm: {method.unmergeable_reason()}; it "
+                         "cannot run as a plain timm ViT (evaluate it with this repository's model, or train a "
+                         "mergeable method such as lora, hta, snell, arc or ssf)")
     return merge(model)
 
 

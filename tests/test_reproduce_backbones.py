@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from reproduce import taskcfg
@@ -77,3 +78,13 @@ def test_new_table_scripts_smoke_run_with_the_printed_numbers(tmp_path):
                 assert f" {printed['cifar']:.1f} " in cifar and f" {printed['mean_19']:.1f} " in lines["mean_19"]
             else:
                 assert f" {printed['mean_groups']:.1f} " in lines["mean_groups"], (config, lines["mean_groups"])
+    # eval.py rebuilds the trained Swin runs: HTA (fused qkv, reductions) merged, ARC's stream adapter refused
+    hta_run = tmp_path / "runs" / "householder_vtab_swin.sh" / "hta_vtab_swin" / "cifar" / "seed42"
+    arc_run = tmp_path / "runs" / "arc_vtab_swin.sh" / "arc_vtab_swin" / "cifar" / "seed42"
+    ev = {**env, "VIT_PEFT_CACHE": str(tmp_path / "cache" / "householder_vtab_swin.sh")}
+    ok = subprocess.run([sys.executable, "eval.py", "--run", str(hta_run), "--merge", "--data-root", str(tmp_path / "vtab")],
+                        cwd=ROOT, env=ev, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "cifar test:" in ok.stdout, ok.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "eval.py", "--run", str(arc_run), "--merge", "--data-root", str(tmp_path / "vtab")],
+                         cwd=ROOT, env=ev, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "residual stream" in bad.stderr and "drop --merge" in bad.stderr, bad.stderr
