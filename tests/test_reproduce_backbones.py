@@ -82,9 +82,10 @@ def test_new_table_scripts_smoke_run_with_the_printed_numbers(tmp_path):
     hta_run = tmp_path / "runs" / "householder_vtab_swin.sh" / "hta_vtab_swin" / "cifar" / "seed42"
     arc_run = tmp_path / "runs" / "arc_vtab_swin.sh" / "arc_vtab_swin" / "cifar" / "seed42"
     ev = {**env, "VIT_PEFT_CACHE": str(tmp_path / "cache" / "householder_vtab_swin.sh")}
-    ok = subprocess.run([sys.executable, "eval.py", "--run", str(hta_run), "--merge", "--data-root", str(tmp_path / "vtab")],
-                        cwd=ROOT, env=ev, capture_output=True, text=True, timeout=300)
+    data = ["--data-root", str(tmp_path / "vtab")]
+    ok = subprocess.run([sys.executable, "eval.py", "--run", str(hta_run), "--merge", *data], cwd=ROOT, env=ev,
+                        capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and "cifar test:" in ok.stdout, ok.stderr[-2000:]
-    bad = subprocess.run([sys.executable, "eval.py", "--run", str(arc_run), "--merge", "--data-root", str(tmp_path / "vtab")],
-                         cwd=ROOT, env=ev, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([sys.executable, "eval.py", "--run", str(arc_run), "--merge", *data], cwd=ROOT, env=ev,
+                         capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "residual stream" in bad.stderr and "drop --merge" in bad.stderr, bad.stderr
