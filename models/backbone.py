@@ -36,6 +36,7 @@ CAPABILITIES = {
     "mlp_parallel": "a branch parallel to each block's MLP (block.mlp_parallel)",
     "mlp_stream": "a hook on the residual stream before each block's MLP (block.mlp_stream)",
     "fc2_out": "block.mlp_out seeing fc2's output unscaled (so a linear map there folds into fc2)",
+    "window_prompts": "prompt tokens beside a windowed token map (model.prompt_in, block.prompts_in: VPT on Swin)",
 }
 
 

@@ -5,7 +5,13 @@ Function and tensor names as timm's ``SwinTransformer`` (so its weights load; ``
 ViT's two differences: ``q``/``k``/``v`` are separate linears (timm's fused ``qkv`` is split on load; a method that
 wants the fused projection asks for ``qkv``), and every block has the ViT's hook points. Tokens stay in a
 (B, H, W, C) map; each stage but the first starts with a patch merging (2x2 neighbours -> LayerNorm -> ``reduction``
-Linear(4C, 2C), no bias). The head averages the final map over positions (no cls token).
+Linear(4C, 2C), no bias). The head averages the final tokens (no cls token).
+
+Optional prompt tokens (B, P, C) travel beside the map, as VPT's Swin variant has them (docs/backbones.md §4):
+``model.prompt_in`` makes them from the patch map, a block's ``prompts_in`` replaces them (deep prompts); every
+window's attention sees them first (zero relative bias, never masked) and each image's prompt outputs are the mean
+over its windows; LayerNorms, residuals and MLPs treat them as tokens, a patch merging concatenates each prompt four
+times, and the final average includes them. Without prompts nothing of this runs.
 
 Hook points of a block (B, H, W, C)::
 
@@ -16,6 +22,7 @@ Hook points of a block (B, H, W, C)::
     block.mlp_in         LN2 output feeding fc1
     block.mlp_out        MLP output after drop-path, before the residual add    (Houlsby/NOAH adapter)
     block.mlp_parallel   optional branch from the stream, added to the MLP output
+    block.prompts_in     optional: the block's own prompt tokens, replacing the incoming ones (VPT-Deep)
 """
 from __future__ import annotations
 
@@ -93,11 +100,15 @@ class WindowAttention(Attention):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", _relative_position_index(window), persistent=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B_, N, C = x.shape  # B_ = batch · windows, N = w²
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, prompts: int = 0) -> torch.Tensor:
+        B_, N, C = x.shape  # B_ = batch · windows, N = prompts + w²
         q, k, v = (t.reshape(B_, N, self.num_heads, self.head_dim).transpose(1, 2) for t in self.project(x))
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(N, N, -1)
-        bias = bias.permute(2, 0, 1).unsqueeze(0).to(q.dtype)  # (1, heads, N, N)
+        area = self.window * self.window
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(area, area, -1)
+        bias = bias.permute(2, 0, 1).unsqueeze(0).to(q.dtype)  # (1, heads, w², w²)
+        if prompts:  # prompt rows and columns: no position bias, never masked
+            bias = F.pad(bias, (prompts, 0, prompts, 0))
+            mask = None if mask is None else F.pad(mask, (prompts, 0, prompts, 0))
         if mask is not None:  # (windows, N, N): window i of every image gets mask i
             nw = mask.shape[0]
             bias = (bias + mask.to(q.dtype).unsqueeze(1)).repeat(B_ // nw, 1, 1, 1)  # (B_, heads, N, N)
@@ -131,23 +142,46 @@ class SwinBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.mlp_out = nn.Identity()
         self.mlp_parallel: nn.Module | None = None
+        self.prompts_in: nn.Module | None = None
         mask = _shift_mask(resolution, resolution, window, self.shift) if self.shift else None
         self.register_buffer("attn_mask", mask, persistent=False)
 
-    def _window_attention(self, x: torch.Tensor) -> torch.Tensor:
+    def _window_attention(self, x: torch.Tensor, p: torch.Tensor | None = None):
+        """(B, H, W, C) map and optional (B, P, C) prompts -> attention outputs of both (prompts: None or the mean of
+        each image's per-window outputs)."""
         B, H, W, C = x.shape
         s, w = self.shift, self.window
         if s:
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
-        x = _unwindows(self.attn(_windows(x, w), self.attn_mask), w, H, W)
-        return torch.roll(x, shifts=(s, s), dims=(1, 2)) if s else x
+        win = _windows(x, w)  # (B·windows, w², C), image-major
+        P = 0 if p is None else p.shape[1]
+        if P:
+            nw = win.shape[0] // B
+            win = torch.cat([p.unsqueeze(1).expand(B, nw, P, C).reshape(B * nw, P, C), win], dim=1)
+        out = self.attn(win, self.attn_mask, prompts=P)
+        if P:
+            p, out = out[:, :P].reshape(B, nw, P, C).mean(1), out[:, P:]
+        x = _unwindows(out, w, H, W)
+        return (torch.roll(x, shifts=(s, s), dims=(1, 2)) if s else x), p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
-        x = self.mlp_stream(x + self.attn_out(self.drop_path1(self._window_attention(self.attn_in(self.norm1(x))))))
+    def _residuals(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The stream after the attention output ``a`` and the MLP sub-block, for tokens of any layout."""
+        x = self.mlp_stream(x + self.attn_out(self.drop_path1(a)))
         h = self.mlp_out(self.drop_path2(self.mlp(self.mlp_in(self.norm2(x)))))
         if self.mlp_parallel is not None:
             h = h + self.mlp_parallel(x)
         return x + h
+
+    def forward(self, x: torch.Tensor, p: torch.Tensor | None = None):
+        """(B, H, W, C) map, optional (B, P, C) prompts -> both after the block."""
+        if self.prompts_in is not None:
+            p = self.prompts_in(x)
+        a, ap = self._window_attention(self.attn_in(self.norm1(x)), None if p is None else self.norm1(p))
+        if p is None:
+            return self._residuals(x, a), None
+        B, H, W, C = x.shape  # prompts and map as one sequence, so drop-path draws once per image
+        seq = self._residuals(torch.cat([p, x.flatten(1, 2)], 1), torch.cat([ap, a.flatten(1, 2)], 1))
+        return seq[:, p.shape[1]:].reshape(B, H, W, C), seq[:, :p.shape[1]]
 
 
 class PatchMerging(nn.Module):
@@ -164,6 +198,10 @@ class PatchMerging(nn.Module):
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
 
+    def merge_prompts(self, p: torch.Tensor) -> torch.Tensor:
+        """(B, P, C) -> (B, P, 2C): each prompt in all four slots of a cell (VPT's Swin)."""
+        return self.reduction(self.norm(torch.cat([p, p, p, p], dim=-1)))
+
 
 class SwinStage(nn.Module):
     def __init__(self, downsample: nn.Module, blocks: list[SwinBlock]):
@@ -171,11 +209,13 @@ class SwinStage(nn.Module):
         self.downsample = downsample
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, p: torch.Tensor | None = None):
         x = self.downsample(x)
+        if p is not None and isinstance(self.downsample, PatchMerging):
+            p = self.downsample.merge_prompts(p)
         for blk in self.blocks:
-            x = blk(x)
-        return x
+            x, p = blk(x, p)
+        return x, p
 
 
 class PatchEmbed(nn.Module):
@@ -196,7 +236,7 @@ class PatchEmbed(nn.Module):
 
 
 class SwinTransformer(Backbone):
-    capabilities = frozenset({"attention", "mlp_parallel", "mlp_stream", "fc2_out"})
+    capabilities = frozenset({"attention", "mlp_parallel", "mlp_stream", "fc2_out", "window_prompts"})
 
     def __init__(self, cfg: SwinConfig, img_size: int = 224, num_classes: int = 1000, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, in_chans: int = 3):
@@ -204,6 +244,7 @@ class SwinTransformer(Backbone):
         self.num_classes, self.img_size, self.cfg = num_classes, img_size, cfg
         self.patch_embed = PatchEmbed(img_size, cfg.patch_size, in_chans, cfg.embed_dim)
         self.prelude: nn.Module | None = None
+        self.prompt_in: nn.Module | None = None  # optional: patch map -> (B, P, C) prompt tokens (VPT)
         depth = sum(cfg.depths)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear over all blocks
         stages, dim, res, n = [], cfg.embed_dim, img_size // cfg.patch_size, 0
@@ -243,16 +284,18 @@ class SwinTransformer(Backbone):
             first += len(stage.blocks)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, H/32, W/32, C) after the final LayerNorm."""
+        """(B, 3, H, W) -> (B, P + H/32·W/32, C) tokens (prompts first, if any) after the final LayerNorm."""
         if self.prelude is not None:
             self.prelude()
         x = self.patch_embed(x)
+        p = None if self.prompt_in is None else self.prompt_in(x)
         for stage in self.layers:
-            x = stage(x)
+            x, p = stage(x, p)
+        x = x.flatten(1, 2) if p is None else torch.cat([p, x.flatten(1, 2)], dim=1)
         return self.norm_hook(self.norm(x))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(1, 2))
+        return x.mean(dim=1)
 
     def timm_equivalent(self) -> nn.Module:
         """timm's ``SwinTransformer`` of the same dimensions, headless (whose tensors ours load)."""

@@ -234,8 +234,7 @@ def test_arc_swin_mlp_adapter_on_the_stream_is_refused_by_merge():
 
 # ------------------------------------------------------------------------------------------------ refused pairs
 @pytest.mark.parametrize("arch,method,kw,match", [
-    (SWIN_MICRO, "vpt_deep", {}, r"'vpt_deep' needs a class token .* SwinTransformer does not have"),
-    (CONVNEXT_MICRO, "vpt_shallow", {}, r"ConvNeXt does not have"),
+    (CONVNEXT_MICRO, "vpt_shallow", {}, r"'vpt_shallow' needs a class token .* ConvNeXt does not have"),
     (CONVNEXT_MICRO, "arc", {}, r"'arc' needs an attention in every block"),
     (SWIN_MICRO, "ssf", {}, r"'ssf' needs a hook on the patch tokens"),
     (SWIN_MICRO, "fact_tk", {}, r"one width shared by every block"),
@@ -247,7 +246,6 @@ def test_arc_swin_mlp_adapter_on_the_stream_is_refused_by_merge():
     (SWIN_MICRO, "hta", {"targets": ("q", "qkv")}, r"fused qkv or the separate q, k, v, not both"),
     (CONVNEXT_MICRO, "adaptformer", {}, r"needs a branch parallel to each block's MLP"),
     (CONVNEXT_MICRO, "arc_att", {}, r"needs an attention in every block"),
-    (SWIN_MICRO, "vpt_shallow", {}, r"needs a class token"),
 ])
 def test_unsupported_pairs_are_one_clear_error(arch, method, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -258,7 +256,8 @@ SUPPORTED = [(SWIN_MICRO, m, kw) for m, kw in [
     ("full", {}), ("linear", {}), ("bitfit", {}), ("hta", {"targets": ("qkv", "proj", "reduction")}),
     ("hta", {"placement": "ffn_adapter"}), ("snell", {"rank": 2}), ("lora", {"rank": 2}), ("lora_qv", {"rank": 2}),
     ("arc", {"share": "stage", "mlp_at": "stream"}), ("arc_att", {"share": "stage"}), ("adapter", {"dim": 4}),
-    ("adapter", {"dim": 4, "positions": ("attn", "ffn")}), ("adaptformer", {"dim": 4})]] + [
+    ("adapter", {"dim": 4, "positions": ("attn", "ffn")}), ("adaptformer", {"dim": 4}), ("vpt_shallow", {"tokens": 2}),
+    ("vpt_deep", {"tokens": 2})]] + [
     (CONVNEXT_MICRO, m, kw) for m, kw in [
         ("full", {}), ("linear", {}), ("bitfit", {}), ("hta", {"targets": ("fc1", "fc2")}),
         ("snell", {"rank": 2, "targets": ("fc1", "fc2")}), ("lora", {"rank": 2, "targets": ("fc1", "fc2")}),
@@ -336,3 +335,72 @@ def test_bench_measures_the_new_backbones(tmp_path, arch, rows):
     if arch == SWIN_MICRO:
         assert "merged_img_per_s" in rep["hta:targets=qkv,proj,reduction"]
         assert "merged_img_per_s" not in rep["arc:share=stage:mlp_at=stream"]
+
+
+# ---------------------------------------------------------------------------------------------- VPT on Swin
+def test_vpt_on_swin_counts():
+    """VPT's Swin variant: shallow prompts have stage 0's width, deep ones one set per later block at its width."""
+    shallow, deep = (models.count_parameters(_meta(SWIN, m, tokens=10), head=False) for m in ("vpt_shallow", "vpt_deep"))
+    assert (shallow, deep) == (128 * 10, 12_032 * 10)
+
+
+def _block_reference(blk, x: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One prompted Swin block written out window by window, image by image (eval mode): each window's tokens
+    attend over [prompts, window] with the window's relative bias and shift mask, zero for prompt rows/columns;
+    each image's prompt output is the mean over its windows; then the residuals and the MLP on all tokens."""
+    import torch.nn.functional as F
+
+    B, H, W, C = x.shape
+    w, s, heads = blk.window, blk.shift, blk.attn.num_heads
+    P, hd = p.shape[1], C // heads
+    h, hp = blk.norm1(x), blk.norm1(p)
+    h = torch.roll(h, (-s, -s), (1, 2)) if s else h
+    bias = blk.attn.relative_position_bias_table[blk.attn.relative_position_index.view(-1)].view(w * w, w * w, -1)
+    bias = F.pad(bias.permute(2, 0, 1), (P, 0, P, 0))
+    out, pout = torch.zeros_like(h), torch.zeros_like(p)
+    wins = [(i, j) for i in range(H // w) for j in range(W // w)]
+    for b in range(B):
+        for n, (i, j) in enumerate(wins):
+            tok = torch.cat([hp[b], h[b, i * w:(i + 1) * w, j * w:(j + 1) * w].reshape(w * w, C)])
+            a = blk.attn
+            q, k, v = (lin(tok).view(-1, heads, hd).transpose(0, 1) for lin in (a.q, a.k, a.v))
+            logits = q @ k.transpose(-1, -2) / hd ** 0.5 + bias
+            if s:
+                logits = logits + F.pad(blk.attn_mask[n], (P, 0, P, 0))
+            o = a.proj((logits.softmax(-1) @ v).transpose(0, 1).reshape(-1, C))
+            pout[b] += o[:P] / len(wins)
+            out[b, i * w:(i + 1) * w, j * w:(j + 1) * w] = o[P:].view(w, w, C)
+    out = torch.roll(out, (s, s), (1, 2)) if s else out
+    seq = torch.cat([p, x.flatten(1, 2)], 1) + torch.cat([pout, out.flatten(1, 2)], 1)
+    seq = seq + blk.mlp(blk.norm2(seq))
+    return seq[:, P:].reshape(B, H, W, C), seq[:, :P]
+
+
+@pytest.mark.parametrize("index", [0, 1])  # plain and shifted windows
+def test_prompted_swin_block_matches_the_window_by_window_reference(index):
+    m = _randomise(models.create_model(SWIN_MICRO, "linear", num_classes=3, img_size=32), seed=5)
+    blk = m.blocks[index]
+    x, p = torch.randn(2, 8, 8, 16), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        (ox, op), (rx, rp) = blk(x, p), _block_reference(blk, x, p)
+    assert blk.shift == 2 * index
+    assert (ox - rx).abs().max() < 1e-5 and (op - rp).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("method", ["vpt_shallow", "vpt_deep"])
+def test_vpt_on_swin_keeps_images_apart_and_changes_the_output(method):
+    """Each image's prompts average over its own windows only (VPT's code mixes images, docs/backbones.md §4): an
+    image's logits do not depend on the rest of the batch. The prompts reach the head (pool over prompts and map)."""
+    torch.manual_seed(0)
+    m = _randomise(models.create_model(SWIN_MICRO, method, num_classes=3, img_size=32, tokens=3), seed=6)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        together = m(x)
+        alone = torch.cat([m(x[i:i + 1]) for i in range(3)])
+        assert (together - alone).abs().max() < 1e-5
+        assert m.forward_features(x).shape == (3, 3 + 16, 32)  # 3 prompts + the 4x4 final map
+        before = together.clone()
+        for prompts in [m.prompt_in] + [b.prompts_in for b in m.blocks if b.prompts_in is not None]:
+            prompts.prompt.zero_()
+        assert (m(x) - before).abs().max() > 1e-3
+    assert not m.method.mergeable

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from reproduce import taskcfg
 from test_reproduce_smoke import finished_run, make_vtab_tree
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG_NAME, ROWS = re.compile(r"^CONFIG_NAME=(\S+)$", re.M), re.compile(r'^ROWS="([^"]*)"$', re.M)
 SWIN_MICRO, CONVNEXT_MICRO = "swin_micro_patch4_window4", "convnext_micro"
 
 
@@ -27,22 +29,26 @@ def _printed(csv_name: str, backbone: str) -> dict[str, dict[str, float]]:
 
 
 HTA_CSV, SNELL_CSV = "hta_apptable5_vtab_swinb.csv", "snell_table3_vtab_swin_convnext.csv"
-TABLE3 = {"full": "Full", "linear": "Linear", "adapter8": "Adapter-8", "lora8": "LoRA-8", "snell8": "SNELL-8"}
+# Table 3's rows in its order; ConvNeXt has no VPT-Deep row of ours (docs/backbones.md §4)
+TABLE3 = {"full": "Full", "vpt_deep": "VPT-Deep", "adapter8": "Adapter-8", "linear": "Linear", "lora8": "LoRA-8",
+          "snell8": "SNELL-8"}
 SMOKE = {  # script -> (ARCH, the rows it runs as (config, paper csv, backbone id, row label))
     "householder_vtab_swin.sh": (SWIN_MICRO, [("hta_vtab_swin", HTA_CSV, "swin_b_in21k", "HTA")]),
     "arc_vtab_swin.sh": (SWIN_MICRO, [("arc_vtab_swin", HTA_CSV, "swin_b_in21k", "ARC")]),
     "snell_vtab_swin.sh": (SWIN_MICRO, [(f"snell_swin_{r}", SNELL_CSV, "swin_b_in21k", label)
                                         for r, label in TABLE3.items()]),
     "snell_vtab_convnext.sh": (CONVNEXT_MICRO, [(f"snell_convnext_{r}", SNELL_CSV, "convnext_b_in21k", label)
-                                                for r, label in TABLE3.items()]),
+                                                for r, label in TABLE3.items() if r != "vpt_deep"]),
 }
-TRAINED = {"hta_vtab_swin", "arc_vtab_swin", "snell_swin_snell8", "snell_convnext_snell8", "snell_convnext_lora8"}
+TRAINED = {"hta_vtab_swin", "arc_vtab_swin", "snell_swin_snell8", "snell_swin_vpt_deep", "snell_convnext_snell8",
+           "snell_convnext_lora8"}
 
 
 def test_new_table_scripts_smoke_run_with_the_printed_numbers(tmp_path):
     """All four scripts at once on a generated tree, each row ending in its verification table against its printed
-    row: five rows train one epoch of the micro Swin / ConvNeXt (HTA with the reductions, ARC on the stream, SNELL
-    and LoRA on ConvNeXt's fc1/fc2), the others are finished (synthetic) runs the sweep skips."""
+    row: six rows train one epoch of the micro Swin / ConvNeXt (HTA with the reductions, ARC on the stream, SNELL,
+    VPT-Deep on Swin, SNELL and LoRA on ConvNeXt's fc1/fc2), the others are finished (synthetic) runs the sweep
+    skips."""
     make_vtab_tree(tmp_path / "vtab", ["cifar"])
     for script, (_, rows) in SMOKE.items():
         for config, *_ in rows:
@@ -60,6 +66,9 @@ def test_new_table_scripts_smoke_run_with_the_printed_numbers(tmp_path):
     for script, (_, rows) in SMOKE.items():
         out = outputs[script]
         assert procs[script].returncode == 0, out[-3000:]
+        text = (ROOT / "reproduce" / script).read_text()
+        configs = CONFIG_NAME.findall(text) or [c for line in ROWS.findall(text) for c in line.split()]
+        assert configs == [row[0] for row in rows]  # the table's order
         for config, csv_name, backbone, label in rows:
             seed = taskcfg.resolve(taskcfg.load(ROOT / "reproduce" / "configs" / f"{config}.yaml"), "cifar")["seed"]
             assert (tmp_path / "runs" / script / config / "cifar" / f"seed{seed}" / "results.json").is_file()

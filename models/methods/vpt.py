@@ -12,6 +12,12 @@ Initialisation as ``KMnP/vpt`` (``src/models/vit_prompt/vit.py``): uniform(−v,
 v = √(6 / (C·patch² + D)), C = input channels (3), i.e. 0.0625 for ViT-B/16; computed from the model. Prompt dropout
 (``MODEL.PROMPT.DROPOUT``) acts on the prompts as they enter. The head reads token 0, which stays the cls token;
 prompt outputs are discarded. Not mergeable: ``models.merge`` raises ``ValueError``.
+
+On Swin (no cls token, windowed tokens: the ``window_prompts`` capability of models/swin.py) the prompts follow VPT's
+Swin variant (docs/backbones.md §4): ``model.prompt_in`` makes the first set (width of stage 0); ``vpt_deep`` gives
+every later block its own set (``block.prompts_in``, the block's width), so the prompts a patch merging carries into a
+stage are replaced at once. Counts: shallow C₀·p, deep p·Σ block widths (128·p and 12,032·p for Swin-B). v uses the
+first stage's width, as VPT's Swin code does for every stage.
 """
 from __future__ import annotations
 
@@ -22,16 +28,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .base import Method, check_int, check_rate, dropout_layer, register
+from .base import Method, check_int, check_rate, dropout_layer, register, require
 
-__all__ = ["VPTShallow", "VPTDeep", "PromptInsert", "PromptReplace", "prompt_init_bound"]
+__all__ = ["VPTShallow", "VPTDeep", "PromptInsert", "PromptReplace", "PromptSet", "prompt_init_bound"]
 
 
 def prompt_init_bound(model: nn.Module) -> float:
-    """VPT's uniform bound v = √(6 / (C·patch² + D)) for ``model`` (0.0625 for ViT-B/16)."""
+    """VPT's uniform bound v = √(6 / (C·patch² + D)) for ``model`` (0.0625 for ViT-B/16; D = the patch embedding's
+    width, 128 for Swin-B: 0.1846)."""
     proj = model.patch_embed.proj  # Conv2d(C, D, patch, patch)
     fan = proj.in_channels * math.prod(proj.kernel_size)
-    return math.sqrt(6.0 / (fan + model.embed_dim))
+    return math.sqrt(6.0 / (fan + proj.out_channels))
 
 
 class _Prompts(nn.Module):
@@ -70,6 +77,14 @@ class PromptReplace(_Prompts):
         return torch.cat([x[:, :1], self._expanded(x), x[:, 1 + self.tokens:]], dim=1)
 
 
+class PromptSet(_Prompts):
+    """A (B, p, D) set of prompts for a batch like ``x`` (whatever came before is dropped): Swin's ``prompt_in`` and
+    ``block.prompts_in``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._expanded(x)
+
+
 @register
 @dataclasses.dataclass
 class VPTShallow(Method):
@@ -83,7 +98,6 @@ class VPTShallow(Method):
     """
 
     name: ClassVar[str] = "vpt_shallow"
-    needs: ClassVar[tuple[str, ...]] = ("cls_token", "tokens_in")
     mergeable: ClassVar[bool] = False
     deep: ClassVar[bool] = False
 
@@ -95,6 +109,9 @@ class VPTShallow(Method):
         self.dropout = check_rate(self.name, "dropout", self.dropout)
 
     def install(self, model: nn.Module) -> None:
+        if "window_prompts" in model.capabilities:
+            return self._install_windowed(model)
+        require(model, self.name, "cls_token", "tokens_in")
         bound = prompt_init_bound(model)
         blocks = model.blocks if self.deep else model.blocks[:1]
         for i, blk in enumerate(blocks):
@@ -102,6 +119,16 @@ class VPTShallow(Method):
                 raise ValueError(f"{self.name}: block.tokens_in is already in use; install one method only")
             cls = PromptInsert if i == 0 else PromptReplace
             blk.tokens_in = cls(model.embed_dim, self.tokens, bound, self.dropout, device=blk.norm1.weight.device)
+
+    def _install_windowed(self, model: nn.Module) -> None:
+        """Swin: the first prompts at ``model.prompt_in``, and for ``vpt_deep`` fresh ones at every later block."""
+        if model.prompt_in is not None or any(blk.prompts_in is not None for blk in model.blocks):
+            raise ValueError(f"{self.name}: the prompt hooks are already in use; install one method only")
+        bound, dev = prompt_init_bound(model), model.head.weight.device
+        blocks = model.blocks
+        model.prompt_in = PromptSet(blocks[0].dim, self.tokens, bound, self.dropout, device=dev)
+        for blk in blocks[1:] if self.deep else ():
+            blk.prompts_in = PromptSet(blk.dim, self.tokens, bound, self.dropout, device=dev)
 
 
 @register
