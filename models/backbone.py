@@ -37,6 +37,7 @@ CAPABILITIES = {
     "mlp_stream": "a hook on the residual stream before each block's MLP (block.mlp_stream)",
     "fc2_out": "block.mlp_out seeing fc2's output unscaled (so a linear map there folds into fc2)",
     "window_prompts": "prompt tokens beside a windowed token map (model.prompt_in, block.prompts_in: VPT on Swin)",
+    "pixel_prompts": "a hook on the input image before the stem (model.pixel_in: VPT's prompt-pad on ConvNeXt)",
 }
 
 

@@ -10,6 +10,9 @@ Hook points of a block (B, H, W, C)::
 
     block.mlp_in         LN output feeding fc1
     block.mlp_out        branch output (after gamma and drop-path), before the residual add   (Houlsby/NOAH adapter)
+
+and of the model: ``model.pixel_in`` (optional) maps the (B, 3, S, S) image to a larger one before the stem (VPT's
+prompt-pad, docs/backbones.md §4); the convolutions take any size from there on.
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ class ConvNeXtStage(nn.Module):
 
 
 class ConvNeXt(Backbone):
-    capabilities = frozenset()
+    capabilities = frozenset({"pixel_prompts"})
 
     def __init__(self, cfg: ConvNeXtConfig, img_size: int = 224, num_classes: int = 1000, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, in_chans: int = 3):
@@ -93,6 +96,7 @@ class ConvNeXt(Backbone):
             raise ValueError("ConvNeXt has no dropout inside its blocks: use drop_path_rate")
         self.num_classes, self.img_size, self.cfg = num_classes, img_size, cfg
         self.prelude: nn.Module | None = None
+        self.pixel_in: nn.Module | None = None  # optional: image -> padded image (VPT's prompt-pad)
         self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.dims[0], kernel_size=4, stride=4),
                                   LayerNorm2d(cfg.dims[0], eps=1e-6))
         depth = sum(cfg.depths)
@@ -123,6 +127,8 @@ class ConvNeXt(Backbone):
             raise ValueError(f"input is {tuple(x.shape[-2:])} px but the model was built for {self.img_size} px")
         if self.prelude is not None:
             self.prelude()
+        if self.pixel_in is not None:
+            x = self.pixel_in(x)
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)

@@ -244,6 +244,8 @@ def test_arc_swin_mlp_adapter_on_the_stream_is_refused_by_merge():
     (CONVNEXT_MICRO, "hta", {"placement": "ffn_adapter"}, r"fc2's output unscaled"),
     (CONVNEXT_MICRO, "adapter", {"positions": ("attn", "ffn")}, r"position 'attn' needs block.attn_out"),
     (SWIN_MICRO, "hta", {"targets": ("q", "qkv")}, r"fused qkv or the separate q, k, v, not both"),
+    (SWIN_MICRO, "vpt_pad", {}, r"'vpt_pad' needs a hook on the input image .* SwinTransformer does not have"),
+    ("vit_micro_patch8", "vpt_pad", {}, r"VisionTransformer does not have"),
     (CONVNEXT_MICRO, "adaptformer", {}, r"needs a branch parallel to each block's MLP"),
     (CONVNEXT_MICRO, "arc_att", {}, r"needs an attention in every block"),
 ])
@@ -261,7 +263,7 @@ SUPPORTED = [(SWIN_MICRO, m, kw) for m, kw in [
     (CONVNEXT_MICRO, m, kw) for m, kw in [
         ("full", {}), ("linear", {}), ("bitfit", {}), ("hta", {"targets": ("fc1", "fc2")}),
         ("snell", {"rank": 2, "targets": ("fc1", "fc2")}), ("lora", {"rank": 2, "targets": ("fc1", "fc2")}),
-        ("adapter", {"dim": 4})]]
+        ("adapter", {"dim": 4}), ("vpt_pad", {"tokens": 2})]]
 
 
 @pytest.mark.parametrize("arch,method,kw", SUPPORTED, ids=[f"{a.split('_')[0]}-{m}-{i}" for i, (a, m, _) in
@@ -404,3 +406,31 @@ def test_vpt_on_swin_keeps_images_apart_and_changes_the_output(method):
             prompts.prompt.zero_()
         assert (m(x) - before).abs().max() > 1e-3
     assert not m.method.mergeable
+
+
+# ------------------------------------------------------------------------------------ VPT's prompt-pad (ConvNeXt)
+def test_vpt_pad_frames_the_image_with_normalised_prompt_pixels():
+    """VPT's prompt-pad (src/models/resnet.py): p columns each side from ``lr``, then p rows above and below from
+    ``tb`` (which spans the widened image), both normalised with ImageNet's mean and std; the image in the middle."""
+    from models.methods.vpt import IMAGENET_MEAN, IMAGENET_STD, PadPrompts
+
+    pad, x = PadPrompts(size=8, width=2), torch.randn(2, 3, 8, 8)
+    y = pad(x)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    tb, lr = ((pad.tb - mean) / std).detach(), ((pad.lr - mean) / std).detach()
+    assert y.shape == (2, 3, 12, 12) and torch.equal(y[:, :, 2:10, 2:10], x)
+    assert torch.allclose(y[:, :, 2:10, :2], lr[..., :2].expand(2, -1, -1, -1))
+    assert torch.allclose(y[:, :, 2:10, 10:], lr[..., 2:].expand(2, -1, -1, -1))
+    assert torch.allclose(y[:, :, :2], tb[:, :, :2].expand(2, -1, -1, -1))
+    assert torch.allclose(y[:, :, 10:], tb[:, :, 2:].expand(2, -1, -1, -1))
+    assert 0 <= pad.tb.min() and pad.tb.max() <= 1  # uniform(0, 1) before normalisation
+
+
+def test_vpt_pad_count_and_output():
+    assert models.count_parameters(_meta(CONVNEXT, "vpt_pad", tokens=10), head=False) == 12 * 10 * (224 + 10)
+    m = _randomise(models.create_model(CONVNEXT_MICRO, "vpt_pad", num_classes=3, img_size=32, tokens=3), seed=7)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        y = m(x)
+        m.pixel_in = None
+        assert (m(x) - y).abs().max() > 1e-3 and not m.method.mergeable

@@ -18,6 +18,10 @@ Swin variant (docs/backbones.md §4): ``model.prompt_in`` makes the first set (w
 every later block its own set (``block.prompts_in``, the block's width), so the prompts a patch merging carries into a
 stage are replaced at once. Counts: shallow C₀·p, deep p·Σ block widths (128·p and 12,032·p for Swin-B). v uses the
 first stage's width, as VPT's Swin code does for every stage.
+
+``vpt_pad`` is VPT's prompt for ConvNets (``src/models/resnet.py``, used by its ConvNeXt): no tokens but a frame of
+p learnable pixels around the image, (B, 3, S, S) -> (B, 3, S + 2p, S + 2p), at ``model.pixel_in`` (the
+``pixel_prompts`` capability of models/convnext.py). Count 12·p·(S + p).
 """
 from __future__ import annotations
 
@@ -30,7 +34,10 @@ from torch import nn
 
 from .base import Method, check_int, check_rate, dropout_layer, register, require
 
-__all__ = ["VPTShallow", "VPTDeep", "PromptInsert", "PromptReplace", "PromptSet", "prompt_init_bound"]
+__all__ = ["VPTShallow", "VPTDeep", "VPTPad", "PromptInsert", "PromptReplace", "PromptSet", "PadPrompts",
+           "prompt_init_bound"]
+# VPT normalises its pixel prompts as it normalises images (torchvision's ImageNet mean / std)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def prompt_init_bound(model: nn.Module) -> float:
@@ -138,3 +145,48 @@ class VPTDeep(VPTShallow):
 
     name: ClassVar[str] = "vpt_deep"
     deep: ClassVar[bool] = True
+
+
+class PadPrompts(nn.Module):
+    """VPT's prompt-pad: (B, 3, S, S) -> (B, 3, S + 2p, S + 2p), the image framed by learnable pixels: p columns on
+    each side from ``lr`` (3, S, 2p), then p rows above and below from ``tb`` (3, 2p, S + 2p). Both uniform(0, 1),
+    normalised with ImageNet's mean and std as VPT's ``prompt_norm`` does."""
+
+    def __init__(self, size: int, width: int, device=None):
+        super().__init__()
+        self.width = width
+        self.tb = nn.Parameter(torch.empty(1, 3, 2 * width, size + 2 * width, device=device).uniform_(0.0, 1.0))
+        self.lr = nn.Parameter(torch.empty(1, 3, size, 2 * width, device=device).uniform_(0.0, 1.0))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, p = x.shape[0], self.width
+        lr = ((self.lr - self.mean) / self.std).to(x.dtype).expand(B, -1, -1, -1)
+        tb = ((self.tb - self.mean) / self.std).to(x.dtype).expand(B, -1, -1, -1)
+        x = torch.cat([lr[..., :p], x, lr[..., p:]], dim=-1)
+        return torch.cat([tb[:, :, :p], x, tb[:, :, p:]], dim=-2)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}"
+
+
+@register
+@dataclasses.dataclass
+class VPTPad(Method):
+    """VPT's prompt-pad for ConvNets (ConvNeXt here): ``tokens`` = p, the frame width in pixels (10). No dropout.
+    Head: trunc-normal (std .02)."""
+
+    name: ClassVar[str] = "vpt_pad"
+    needs: ClassVar[tuple[str, ...]] = ("pixel_prompts",)
+    mergeable: ClassVar[bool] = False
+
+    tokens: int = 10
+
+    def __post_init__(self):
+        check_int(self.name, "tokens", self.tokens, note=" (the frame width in pixels)")
+
+    def install(self, model: nn.Module) -> None:
+        if model.pixel_in is not None:
+            raise ValueError(f"{self.name}: model.pixel_in is already in use; install one method only")
+        model.pixel_in = PadPrompts(model.img_size, self.tokens, device=model.head.weight.device)
