@@ -84,7 +84,15 @@ _SSL_FILES = {
                                    None),
     "vit-b-300ep.pth.tar": ("https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar", None),
 }
-_KNOWN_FILES = {**_GOOGLE_FILES, **_SSL_FILES}
+# The IN-22k Swin-B and ConvNeXt-B releases SNELL loads (docs/backbones.md §5) -> (download URL, timm name).
+_HIERARCHICAL_FILES = {
+    "swin_base_patch4_window7_224_22k.pth": (
+        "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_base_patch4_window7_224_22k.pth",
+        "swin_base_patch4_window7_224.ms_in22k"),
+    "convnext_base_22k_224.pth": ("https://dl.fbaipublicfiles.com/convnext/convnext_base_22k_224.pth",
+                                  "convnext_base.fb_in22k"),
+}
+_KNOWN_FILES = {**_GOOGLE_FILES, **_SSL_FILES, **_HIERARCHICAL_FILES}
 # The paper backbone of each arch (docs/benchmarks.md §5), suggested when a file is missing.
 _DEFAULT_TIMM_NAME = {
     "vit_tiny_patch16_224": "vit_tiny_patch16_224.augreg_in21k",

@@ -169,6 +169,10 @@ def test_weights_that_do_not_fit_are_one_clear_error(tmp_path):
         models.create_model(CONVNEXT_MICRO, "linear", num_classes=3, img_size=32, pretrained=str(tmp_path / "swin.pth"))
     with pytest.raises(ValueError, match=r"does not exist"):
         models.create_model(SWIN_MICRO, "linear", num_classes=3, img_size=32, pretrained=str(tmp_path / "none.pth"))
+    missing = tmp_path / "convnext_base_22k_224.pth"  # a known release: the message names its download and timm copy
+    with pytest.raises(ValueError, match=r"wget -O .*convnext_base_22k_224\.pth .* or pass the timm name "
+                                         r"convnext_base\.fb_in22k"):
+        models.create_model(CONVNEXT_MICRO, "linear", num_classes=3, img_size=32, pretrained=str(missing))
 
 
 # ---------------------------------------------------------------------------------------- merge equivalence
