@@ -93,9 +93,12 @@ def check_weights(weights: str) -> tuple[list[str], list[str]]:
     if cached:
         return [], []
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline_fix = ("download the Google .npz (e.g. https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz) "
+                   "and set WEIGHTS=/path/to/file.npz") if weights.startswith("vit_") else (
+        "download the released file of these weights (docs/benchmarks.md §5 gives each backbone's file and address) "
+        "and set WEIGHTS=/path/to/it")
     msg = (f"{weights} is not in the Hugging Face cache; timm downloads it from the hub (timm/{weights}) on first use. "
-           "Without network: download the Google .npz (e.g. "
-           "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz) and set WEIGHTS=/path/to/file.npz")
+           f"Without network: {offline_fix}")
     return ([msg], []) if offline else ([], [msg])
 
 

@@ -97,3 +97,20 @@ def test_new_table_scripts_smoke_run_with_the_printed_numbers(tmp_path):
     bad = subprocess.run([sys.executable, "eval.py", "--run", str(arc_run), "--merge", *data], cwd=ROOT, env=ev,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "residual stream" in bad.stderr and "drop --merge" in bad.stderr, bad.stderr
+
+
+def test_preflight_points_offline_swin_and_convnext_users_to_their_release_files(monkeypatch, tmp_path):
+    """Offline with an empty hub cache, a sweep stops before any run; the message names where the weights come from
+    for the backbone asked (not Google's ViT .npz)."""
+    import huggingface_hub.constants
+
+    from reproduce import preflight
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for weights in ("swin_base_patch4_window7_224.ms_in22k", "convnext_base.fb_in22k"):
+        problems, notes = preflight.check_weights(weights)
+        assert notes == [] and len(problems) == 1 and weights in problems[0]
+        assert "docs/benchmarks.md §5" in problems[0] and "ViT-B_16.npz" not in problems[0]
+    problems, _ = preflight.check_weights("vit_base_patch16_224.orig_in21k")
+    assert "ViT-B_16.npz" in problems[0]
