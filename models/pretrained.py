@@ -55,7 +55,7 @@ from util.files import sha256_file
 from .vit import VIT_ARCHS, VisionTransformer
 
 __all__ = ["load_pretrained", "WeightsUnavailable",
-           "resolve_timm_name", "timm_to_ours", "load_state_dict_into", "read_npz",
+           "resolve_timm_name", "timm_to_ours", "load_state_dict_into", "check_backbone_tensors", "read_npz",
            "read_state_dict", "ssl_backbone", "timm_differences", "sha256_tensors", "describe_arch"]
 
 _NPZ = (".npz",)
@@ -450,6 +450,17 @@ def load_state_dict_into(model: VisionTransformer, state_dict: dict[str, torch.T
         sd["pos_embed"] = resample_abs_pos_embed(pos.float(), new_size=[new, new], num_prefix_tokens=1)  # bicubic, AA
         resampled = f"{old}x{old} -> {new}x{new}"
 
+    check_backbone_tensors(model, sd, arch)
+    result = model.load_state_dict(sd, strict=False)
+    assert not result.unexpected_keys and set(result.missing_keys) <= {"head.weight", "head.bias"}, result
+    return {"checkpoint_arch": describe_arch(*ckpt_arch, heads), "qkv_fused": qkv_fused, "ignored_keys": ignored,
+            "pos_embed_resampled": resampled, "backbone_sha256": sha256_tensors(own.keys(), model.state_dict())}
+
+
+def check_backbone_tensors(model, sd: dict[str, torch.Tensor], arch: str) -> None:
+    """ValueError unless ``sd`` (our keys) holds every backbone tensor of ``model`` (the head aside) with its shape,
+    and nothing else: the one check of every loading path, ViT, Swin and ConvNeXt."""
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if unexpected:
@@ -462,11 +473,7 @@ def load_state_dict_into(model: VisionTransformer, state_dict: dict[str, torch.T
     for k, v in own.items():
         if sd[k].shape != v.shape:
             raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(sd[k].shape)}, model {tuple(v.shape)} "
-                             f"(--arch {arch}, img_size {model.patch_embed.img_size})")
-    result = model.load_state_dict(sd, strict=False)
-    assert not result.unexpected_keys and set(result.missing_keys) <= {"head.weight", "head.bias"}, result
-    return {"checkpoint_arch": describe_arch(*ckpt_arch, heads), "qkv_fused": qkv_fused, "ignored_keys": ignored,
-            "pos_embed_resampled": resampled, "backbone_sha256": sha256_tensors(own.keys(), model.state_dict())}
+                             f"(--arch {arch}, img_size {model.img_size})")
 
 
 def sha256_tensors(names, state_dict: dict[str, torch.Tensor]) -> str:
@@ -515,26 +522,12 @@ def _timm_to_backbone(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return timm_to_ours(renamed)
 
 
-def _check_fit(model, ours: dict[str, torch.Tensor], arch: str) -> None:
-    """ValueError unless ``ours`` holds every backbone tensor of ``model`` with its shape, and nothing else."""
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
-    unexpected = [k for k in ours if k not in own]
-    missing = [k for k in own if k not in ours]
-    if unexpected or missing:
-        raise ValueError(f"the weights do not fit {arch}: missing {missing[:3]}, unexpected {unexpected[:3]} "
-                         f"(other weights, or another --arch?)")
-    for k, v in own.items():
-        if ours[k].shape != v.shape:
-            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(ours[k].shape)}, model {tuple(v.shape)} "
-                             f"(--arch {arch}, img_size {model.img_size})")
-
-
 def _load_backbone_tensors(model, sd: dict[str, torch.Tensor], arch: str) -> dict:
-    """timm-keyed Swin / ConvNeXt tensors -> ``model`` (head left alone), checked by ``_check_fit``."""
+    """timm-keyed Swin / ConvNeXt tensors -> ``model`` (head left alone), checked by ``check_backbone_tensors``."""
     if any(p.is_meta for p in model.parameters()):
         raise ValueError("cannot load pretrained weights into a model on the meta device; build it on a real device")
     ours, ignored = _timm_to_backbone(sd)
-    _check_fit(model, ours, arch)
+    check_backbone_tensors(model, ours, arch)
     model.load_state_dict(ours, strict=False)
     own = [k for k in model.state_dict() if not k.startswith("head.")]
     return {"checkpoint_arch": arch, "qkv_fused": any(".attn.qkv." in k for k in sd), "ignored_keys": ignored,
@@ -552,7 +545,7 @@ def _load_hierarchical(model, source: str, arch: str) -> dict:
         with torch.device("meta"):  # shapes only: checks --arch before anything is downloaded
             shell = timm.create_model(full, pretrained=False, num_classes=0)
         try:
-            _check_fit(model, _timm_to_backbone(shell.state_dict())[0], arch)
+            check_backbone_tensors(model, _timm_to_backbone(shell.state_dict())[0], arch)
         except ValueError as e:
             raise ValueError(f"timm weights {full!r}: {e} (for {arch} pass e.g. "
                              f"{_DEFAULT_TIMM_NAME.get(arch, arch + '.<tag>')})") from None

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropPath, trunc_normal_
 
+from . import vit
 from .backbone import Backbone
 from .vit import Attention, Block, Mlp
 
@@ -218,21 +219,15 @@ class SwinStage(nn.Module):
         return x, p
 
 
-class PatchEmbed(nn.Module):
-    """(B, 3, H, W) -> (B, H/p, W/p, C): a p×p stride-p convolution, then LayerNorm."""
+class PatchEmbed(vit.PatchEmbed):
+    """(B, 3, H, W) -> (B, H/p, W/p, C): the ViT's patch convolution, kept as a map, then LayerNorm."""
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not a multiple of the patch size {patch_size}")
-        self.img_size, self.patch_size = img_size, patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        super().__init__(img_size, patch_size, in_chans, embed_dim)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"input is {tuple(x.shape[-2:])} px but the model was built for {self.img_size} px")
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        return self.norm(self.grid(x).permute(0, 2, 3, 1))
 
 
 class SwinTransformer(Backbone):

@@ -74,10 +74,14 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid_size ** 2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def grid(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D, H/p, W/p), the patch convolution's map, for an image of the built size."""
         if x.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"input is {tuple(x.shape[-2:])} px but the model was built for {self.img_size} px")
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return self.proj(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.grid(x).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):

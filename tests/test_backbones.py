@@ -10,6 +10,7 @@ from torch import nn
 
 import models
 from data.tasks import VTAB_NUM_CLASSES
+from test_pretrained_mae_mocov3 import _randomise  # every tensor random, so a mix-up in any of them shows
 
 pytestmark = pytest.mark.usefixtures("no_hub")  # conftest.py: nothing here downloads
 
@@ -72,14 +73,6 @@ def test_arc_swin_count_prints_0_27():
 
 
 # ---------------------------------------------------------------------------------------------- timm's weights
-def _randomise(m: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.2)
-    return m.eval()
-
-
 def _timm_micro(arch: str) -> nn.Module:
     """timm's own model of our test arch's dimensions, every tensor random (a weight mix-up shows)."""
     return _randomise(models.build_backbone(arch, num_classes=1, img_size=32).timm_equivalent(), seed=3)
@@ -121,7 +114,7 @@ def test_timm_name_loads_through_timm(monkeypatch):
     assert (f"{SWIN}.ms_in22k", True) in calls
     with torch.no_grad():
         assert (m.eval().pool(m.forward_features(x)) - _features(ref, x)).abs().max() < 1e-5
-    with pytest.raises(ValueError, match=r"ms_in22k': the weights do not fit convnext_micro"):
+    with pytest.raises(ValueError, match=r"ms_in22k': the checkpoint has tensors convnext_micro does not"):
         models.create_model(CONVNEXT_MICRO, "linear", num_classes=3, img_size=32, pretrained=f"{SWIN}.ms_in22k")
 
 
@@ -165,7 +158,7 @@ def test_official_release_files_load_through_timms_filter(tmp_path, arch, conver
 def test_weights_that_do_not_fit_are_one_clear_error(tmp_path):
     ref = _timm_micro(SWIN_MICRO)
     torch.save(ref.state_dict(), tmp_path / "swin.pth")
-    with pytest.raises(ValueError, match=r"swin\.pth: the weights do not fit convnext_micro"):
+    with pytest.raises(ValueError, match=r"swin\.pth: the checkpoint has tensors convnext_micro does not"):
         models.create_model(CONVNEXT_MICRO, "linear", num_classes=3, img_size=32, pretrained=str(tmp_path / "swin.pth"))
     with pytest.raises(ValueError, match=r"does not exist"):
         models.create_model(SWIN_MICRO, "linear", num_classes=3, img_size=32, pretrained=str(tmp_path / "none.pth"))
